@@ -1,0 +1,233 @@
+"""`hpsearch` on the command line: a thin layer over the library a notebook can call too.
+
+Every expected problem (a bad study file, bad data, a missing study) is one line on stderr and
+exit code 2; a Ctrl-C that checkpointed the running trial exits 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hpsearch.config import ConfigError, StudyConfig, load_study
+
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+
+
+def _errors(fn):
+    """Turn known errors into one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from hpsearch.trainer.data import DataError
+        from hpsearch.trainer.modeling import ModelSourceError
+
+        try:
+            return fn(*a, **kw)
+        except (ConfigError, DataError, ModelSourceError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+def _load(path: str) -> StudyConfig:
+    return load_study(path)
+
+
+def _fmt_params(params: dict) -> str:
+    return " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+@click.group()
+@click.version_option(package_name="hpsearch")
+def main() -> None:
+    """Hyperparameter search for token-classification (NER) trainers."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--allow-changes", is_flag=True, help="Continue although study.yaml changed.")
+@_errors
+def run(study_file: str, allow_changes: bool) -> None:
+    """Run (or continue) the study until it has n_trials trials in total."""
+    from hpsearch import study as driver
+    from hpsearch.storage import redact
+
+    cfg = _load(study_file)
+    click.echo(f"study {cfg.name}: {cfg.n_trials} trials, backend {cfg.backend.name}, "
+               f"pruner {cfg.pruner.name}, storage {redact(cfg.storage_url)}")
+
+    def on_trial(o, study) -> None:
+        value = "-" if o.value is None else f"{o.value:.4f}"
+        reason = f" ({o.reason})" if o.reason else ""
+        best = driver.summarize(study, cfg, [], [])
+        best_txt = "" if best.best_value is None else (
+            f"  best {best.best_value:.4f} (#{best.best_number})"
+        )
+        click.echo(f"trial {o.number:>3}  {_fmt_params(o.params)}  {cfg.metric}={value}  "
+                   f"{o.state.name}{reason}  {o.seconds:.1f}s{best_txt}")
+
+    try:
+        s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
+    except driver.StudyInterrupted as e:
+        click.echo(f"interrupted: {e}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if s.recovered:
+        click.echo(f"resumed interrupted trial(s): {', '.join(map(str, s.recovered))}")
+    if not s.ran:
+        click.echo(f"nothing to do: {s.total}/{s.n_trials} trials already in the study")
+    click.echo(f"{s.total}/{s.n_trials} trials")
+    if s.best_value is not None:
+        click.echo(f"best trial #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
+                   f"{_fmt_params(s.best_params)}")
+        click.echo(f"best model: {cfg.out / 'best-model'}")
+
+
+main.add_command(run, name="resume")
+main.add_command(run, name="worker")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@_errors
+def status(study_file: str) -> None:
+    """A table of the study's trials and the best one."""
+    from hpsearch import study as driver
+
+    cfg = _load(study_file)
+    st = driver.open_study(cfg)
+    trials = st.get_trials(deepcopy=False)
+    names = list(cfg.search_space)
+    click.echo(f"{'#':>4}  {'state':<9} {cfg.metric:>8}  {'time':>7}  "
+               + "  ".join(f"{n:>13}" for n in names) + "  note")
+    for t in trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        secs = "" if t.duration is None else f"{t.duration.total_seconds():.1f}s"
+        note = t.system_attrs.get(driver.A_REASON) or ""
+        if t.user_attrs.get("error"):
+            note = f"{note}: {t.user_attrs['error']}"
+        if driver.A_RETRY_OF in t.system_attrs:
+            note = f"continues #{t.system_attrs[driver.A_RETRY_OF]} {note}".strip()
+        vals = "  ".join(f"{_fmt_value(t.params.get(n)):>13}" for n in names)
+        click.echo(f"{t.number:>4}  {t.state.name:<9} {value:>8}  {secs:>7}  {vals}  {note}")
+    s = driver.summarize(st, cfg, [], [])
+    click.echo(f"{s.total}/{cfg.n_trials} trials counted")
+    if s.best_value is not None:
+        click.echo(f"best #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
+                   f"{_fmt_params(s.best_params)}")
+
+
+def _fmt_value(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_errors
+def best(study_file: str, as_json: bool) -> None:
+    """The best trial's parameters and score."""
+    from hpsearch import study as driver
+
+    cfg = _load(study_file)
+    s = driver.summarize(driver.open_study(cfg), cfg, [], [])
+    if s.best_value is None:
+        raise ConfigError(f"study '{cfg.name}' has no completed trial yet")
+    if as_json:
+        click.echo(json.dumps({"number": s.best_number, "value": s.best_value,
+                               "metric": cfg.metric, "params": s.best_params}))
+        return
+    click.echo(f"best trial #{s.best_number}: {cfg.metric}={s.best_value:.4f}")
+    for k, v in s.best_params.items():
+        click.echo(f"  {k}: {v}")
+
+
+def _parse_set(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, help="A trainer field, e.g. learning_rate=3e-5.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder of the run.")
+@_errors
+def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
+    """Train once with given parameters, outside the search, with the same trainer."""
+    from pydantic import ValidationError
+
+    from hpsearch import study as driver
+    from hpsearch.config import format_validation_error
+    from hpsearch.trainer import prepare
+    from hpsearch.trainer import train as train_fn
+    from hpsearch.trainer.metrics import format_report
+
+    cfg = _load(study_file)
+    params = _parse_set(sets)
+    try:
+        tcfg = cfg.trainer_for(params)
+    except ValidationError as e:
+        raise ConfigError(f"--set: {format_validation_error(e)}") from None
+    stamp = "-".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+    out_dir = Path(out) if out else cfg.out / "manual" / stamp
+    prep = prepare(tcfg, driver.data_dir(cfg), cfg.out / "cache")
+    r = train_fn(tcfg, prep, out_dir, metric=cfg.metric, maximize=cfg.direction == "maximize")
+    click.echo(f"best {cfg.metric}={r.value:.4f} at step {r.best_step} of {r.steps} "
+               f"({r.train_seconds:.1f}s, {r.tokens_per_second:,.0f} tokens/s)")
+    click.echo(format_report(r.best_scores))
+    click.echo(f"outputs: {out_dir}")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--model", "model_dir", type=click.Path(file_okay=False),
+              help="An exported model folder (default: the study's best-model).")
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) -> None:
+    """Score the best trial's model on the test split: P/R/F1 and a per-type report."""
+    from hpsearch.evaluate import evaluate_folder
+    from hpsearch.trainer.metrics import format_report
+
+    cfg = _load(study_file)
+    folder = Path(model_dir) if model_dir else cfg.out / "best-model"
+    scores = evaluate_folder(cfg, folder, split)
+    if as_json:
+        click.echo(json.dumps(scores))
+        return
+    click.echo(f"{split}: precision={scores['precision']:.4f} recall={scores['recall']:.4f} "
+               f"f1={scores['f1']:.4f} accuracy={scores['accuracy']:.4f}")
+    click.echo(format_report(scores))
+
+
+@main.command("demo-data")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--seed", default=0, show_default=True)
+def demo_data(out_dir: str, seed: int) -> None:
+    """Write the synthetic demo NER data set (BERT-NER layout) to OUT_DIR."""
+    from hpsearch.demo_data import generate_demo_data
+
+    click.echo(generate_demo_data(out_dir, seed=seed))
+
+
+if __name__ == "__main__":
+    main()

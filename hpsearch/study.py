@@ -1,0 +1,454 @@
+"""The study driver: ask for parameters, run a real trainer, tell the result, until n_trials.
+
+``n_trials`` is a total for the study, not "this many more": a second ``hpsearch run`` of a
+finished study starts nothing, and raising ``n_trials`` by two runs exactly two more. A trial
+whose process died stays RUNNING in the database; the next run finds it (its process is gone,
+or its heartbeat went silent), marks it interrupted and queues a continuation with the same
+parameters that resumes from its last checkpoint. The interrupted trial does not count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.backends import make_sampler
+from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
+from hpsearch.pruners import make_pruner
+from hpsearch.space import distributions, suggest
+from hpsearch.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage, redact
+
+# System attributes hpsearch keeps on trials (the dashboard shows them too).
+A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
+A_DIR, A_REASON, A_RETRY_OF = "hpsearch:trial_dir", "hpsearch:fail_reason", "hpsearch:retry_of"
+A_CONFIG = "hpsearch:config"
+INTERRUPTED = "interrupted"
+
+# hpsearch runs its own heartbeat thread around ask/tell (see Heartbeat below).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
+# ----------------------------------------------------------------------------- opening
+
+
+def data_dir(cfg: StudyConfig) -> Path:
+    """The study's data folder; ``demo`` is generated (once) under the output folder."""
+    if cfg.trainer.data_dir == "demo":
+        from hpsearch.demo_data import generate_demo_data
+
+        return Path(generate_demo_data(cfg.out / "demo-data"))
+    return Path(cfg.trainer.data_dir)
+
+
+def open_study(cfg: StudyConfig, *, create: bool = False) -> optuna.Study:
+    """The Optuna study behind a study file; only ``create`` may make a new one."""
+    storage = open_storage(cfg.storage_url)
+    sampler, pruner = make_sampler(cfg), make_pruner(cfg.pruner)
+    if create:
+        return optuna.create_study(
+            storage=storage, study_name=cfg.name, direction=cfg.direction, sampler=sampler,
+            pruner=pruner, load_if_exists=True,
+        )
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler,
+                                 pruner=pruner)
+    except KeyError:
+        raise ConfigError(
+            f"no study named '{cfg.name}' in {redact(cfg.storage_url)} (run it first)"
+        ) from None
+
+
+def check_unchanged(study: optuna.Study, cfg: StudyConfig, allow_changes: bool) -> None:
+    """Refuse to mix trials of two different searches under one study name."""
+    new = study_fingerprint(cfg)
+    old_json = study.user_attrs.get(A_CONFIG)
+    if old_json is None:
+        study.set_user_attr(A_CONFIG, json.dumps(new, sort_keys=True))
+        return
+    old = json.loads(old_json)
+    if old == new:
+        return
+    diffs = _diff(old, new)
+    if not allow_changes:
+        raise ConfigError(
+            f"study '{cfg.name}' was run with other settings; changed: {'; '.join(diffs)} "
+            "(use --allow-changes to continue anyway, or give the study a new name)"
+        )
+    study.set_user_attr(A_CONFIG, json.dumps(new, sort_keys=True))
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else k)
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def counts_toward_total(t: FrozenTrial) -> bool:
+    """Every trial counts once, except an interrupted one (its continuation counts instead)."""
+    return t.system_attrs.get(A_REASON) != INTERRUPTED
+
+
+def n_counted(study: optuna.Study) -> int:
+    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+
+
+# ----------------------------------------------------------------------------- liveness
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_dead(t: FrozenTrial, now: float | None = None) -> bool:
+    """A RUNNING trial nobody is running: its process is gone, or its heartbeat went silent."""
+    if t.state != TrialState.RUNNING:
+        return False
+    attrs = t.system_attrs
+    if attrs.get(A_HOST) == socket.gethostname() and A_PID in attrs:
+        if attrs[A_PID] == os.getpid():
+            return False
+        if not _process_alive(int(attrs[A_PID])):
+            return True
+    beat = attrs.get(A_BEAT)
+    if beat is None and t.datetime_start is not None:
+        beat = t.datetime_start.timestamp()
+    return beat is not None and (now or time.time()) - float(beat) > GRACE_PERIOD
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark dead RUNNING trials interrupted and queue their continuations; returns old numbers.
+
+    Only the process that moves a trial from RUNNING to FAIL queues its continuation, so two
+    workers recovering at once cannot queue it twice.
+    """
+    storage = study._storage
+    queued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead(t):
+            continue
+        try:
+            storage.set_trial_system_attr(t._trial_id, A_REASON, INTERRUPTED)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            continue  # someone else finished or recovered it first
+        queue_continuation(study, t)
+        queued.append(t.number)
+    return queued
+
+
+def queue_continuation(study: optuna.Study, t: FrozenTrial) -> None:
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=t.params,
+            distributions=t.distributions,
+            user_attrs=t.user_attrs,
+            system_attrs={"fixed_params": t.params, A_RETRY_OF: t.number,
+                          **({A_DIR: t.system_attrs[A_DIR]} if A_DIR in t.system_attrs else {})},
+        )
+    )
+
+
+class Heartbeat:
+    """Writes 'still alive' for a running trial, so other processes can tell it from a dead one."""
+
+    def __init__(self, study: optuna.Study, trial_id: int):
+        self.study, self.trial_id = study, trial_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _beat(self) -> None:
+        storage = self.study._storage
+        try:
+            storage.set_trial_system_attr(self.trial_id, A_BEAT, time.time())
+            if isinstance(storage, optuna.storages.RDBStorage):
+                storage.record_heartbeat(self.trial_id)
+        except Exception:  # a missed beat is harmless; the next one may go through
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            self._beat()
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: TrialState
+    value: float | None
+    params: dict[str, Any]
+    seconds: float
+    reason: str | None = None
+
+
+class StopRequest:
+    """First Ctrl-C/SIGTERM: finish the step, checkpoint, exit 130. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping: writing a checkpoint (press Ctrl-C again to stop at once)", flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class StudyInterrupted(Exception):
+    """The run stopped on request; the interrupted trial is queued to resume."""
+
+
+def trial_dir(cfg: StudyConfig, number: int) -> Path:
+    return cfg.out / "trials" / f"trial-{number:04d}"
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    cfg: StudyConfig,
+    prep,
+    stop: Callable[[], bool] = lambda: False,
+) -> TrialOutcome:
+    from hpsearch.trainer import Interrupted, TrialPrunedAt, TrialStopped, train
+
+    t0 = time.time()
+    storage = study._storage
+    params = suggest(trial, cfg.search_space)
+    out = trial_dir(cfg, trial.number)
+    attrs = storage.get_trial(trial._trial_id).system_attrs
+    resume_from = Path(attrs[A_DIR]) / "checkpoints" if A_DIR in attrs else None
+    for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
+        storage.set_trial_system_attr(trial._trial_id, k, v)
+
+    def done(state: TrialState, value: float | None, reason: str | None = None) -> TrialOutcome:
+        return TrialOutcome(trial.number, state, value, params, time.time() - t0, reason)
+
+    with Heartbeat(study, trial._trial_id):
+        try:
+            result = train(
+                cfg.trainer_for(params), prep, out, reporter=trial, resume_from=resume_from,
+                should_stop=stop, metric=cfg.metric, maximize=cfg.direction == "maximize",
+            )
+        except TrialPrunedAt as e:
+            trial.set_user_attr("pruned_step", e.step)
+            study.tell(trial, state=TrialState.PRUNED)
+            return done(TrialState.PRUNED, e.value)
+        except TrialStopped as e:
+            trial.set_user_attr("fail_reason", e.reason)
+            trial.set_user_attr("error", str(e))
+            storage.set_trial_system_attr(trial._trial_id, A_REASON, e.reason)
+            study.tell(trial, state=TrialState.FAIL)
+            return done(TrialState.FAIL, None, e.reason)
+        except Interrupted as e:
+            storage.set_trial_system_attr(trial._trial_id, A_REASON, INTERRUPTED)
+            study.tell(trial, state=TrialState.FAIL)
+            queue_continuation(study, study._storage.get_trial(trial._trial_id))
+            raise StudyInterrupted(f"trial {trial.number} checkpointed; run again to resume") from e
+        except Exception as e:
+            reason = "oom" if isinstance(e, MemoryError | _oom_error()) else "error"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            storage.set_trial_system_attr(trial._trial_id, A_REASON, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            return done(TrialState.FAIL, None, reason)
+        for k, v in (
+            ("best_step", result.best_step), ("steps", result.steps),
+            ("train_seconds", round(result.train_seconds, 3)),
+            ("tokens_per_second", round(result.tokens_per_second, 1)),
+            ("data_seconds", round(result.data_seconds, 3)),
+            ("resumed_from_step", result.resumed_from_step),
+            ("best_scores", _scores_attr(result.best_scores)),
+        ):
+            trial.set_user_attr(k, v)
+        study.tell(trial, result.value)
+    return done(TrialState.COMPLETE, result.value)
+
+
+def _oom_error() -> type:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def _scores_attr(scores: dict) -> dict:
+    return {k: v for k, v in scores.items() if isinstance(v, (int, float, dict))}
+
+
+# ----------------------------------------------------------------------------- keep / export
+
+
+def tidy(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Drop what no later step needs; export the best trial's model as a plain HF folder."""
+    trials = study.get_trials(deepcopy=False)
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    for t in trials:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or A_DIR not in t.system_attrs:
+            continue
+        if t.system_attrs.get(A_REASON) == INTERRUPTED:
+            continue  # its continuation resumes from these checkpoints
+        d = Path(t.system_attrs[A_DIR])
+        if cfg.keep != "all":
+            shutil.rmtree(d / "checkpoints", ignore_errors=True)
+        if cfg.keep != "all" and (best is None or t.number != best.number):
+            shutil.rmtree(d / "best", ignore_errors=True)
+    if best is not None:
+        export_best(cfg, best)
+
+
+def export_best(cfg: StudyConfig, best: FrozenTrial) -> Path | None:
+    """``<output_dir>/best-model``: loadable with AutoModelForTokenClassification, no hpsearch."""
+    weights = Path(best.system_attrs.get(A_DIR, "")) / "best" / "model.safetensors"
+    target = cfg.out / "best-model"
+    marker = target / "hpsearch-trial.json"
+    if marker.exists() and json.loads(marker.read_text()).get("number") == best.number:
+        return target
+    if not weights.exists():
+        return None
+    from safetensors.torch import load_file
+
+    from hpsearch.trainer import prepare
+    from hpsearch.trainer.modeling import build_model
+
+    tcfg = cfg.trainer_for(best.params)
+    prep = prepare(tcfg, data_dir(cfg), cfg.out / "cache")
+    model = build_model(tcfg, prep.tokenizer, prep.labels)
+    model.load_state_dict(load_file(weights))
+    tmp = cfg.out / ".best-model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    prep.tokenizer.save_pretrained(tmp)
+    (tmp / "hpsearch-trial.json").write_text(
+        json.dumps({"number": best.number, "value": best.value, "params": best.params})
+    )
+    old = cfg.out / ".best-model.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunSummary:
+    ran: list[TrialOutcome]
+    recovered: list[int]
+    total: int
+    n_trials: int
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    best_number: int | None
+
+
+def run(
+    cfg: StudyConfig,
+    *,
+    allow_changes: bool = False,
+    on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+) -> RunSummary:
+    """Run the study up to ``cfg.n_trials`` trials in total; safe to call again after a stop."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg, create=True)
+    check_unchanged(study, cfg, allow_changes)
+    study.set_user_attr("backend", cfg.backend.name)
+    study.set_user_attr("pruner", cfg.pruner.name)
+    study.set_user_attr("metric", cfg.metric)
+    study.set_user_attr(
+        "search_space", json.dumps({k: repr(d) for k, d in distributions(cfg.search_space).items()})
+    )
+    recovered = recover_interrupted(study)
+
+    from hpsearch.trainer import prepare
+
+    prep = None
+    ran: list[TrialOutcome] = []
+    deadline = time.time() + cfg.timeout if cfg.timeout else None
+    with StopRequest() as stop:
+        while n_counted(study) < cfg.n_trials and not stop():
+            if deadline is not None and time.time() >= deadline:
+                break
+            if prep is None:  # after the count check: a finished study touches no data
+                prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
+            trial = study.ask()
+            outcome = run_trial(study, trial, cfg, prep, stop)
+            ran.append(outcome)
+            tidy(study, cfg)
+            if on_trial is not None:
+                on_trial(outcome, study)
+            recovered += recover_interrupted(study)
+    return summarize(study, cfg, ran, recovered)
+
+
+def summarize(study, cfg, ran, recovered) -> RunSummary:
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    return RunSummary(
+        ran=ran,
+        recovered=recovered,
+        total=n_counted(study),
+        n_trials=cfg.n_trials,
+        best_value=best.value if best else None,
+        best_params=best.params if best else None,
+        best_number=best.number if best else None,
+    )

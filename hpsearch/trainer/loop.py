@@ -1,0 +1,430 @@
+"""One trial's training run, readable top to bottom.
+
+The loop reports the validation metric after every evaluation to a *reporter* (an Optuna
+trial, or nothing when run by hand), so a pruner can stop it, and checkpoints often enough that
+a killed trial loses at most one checkpoint interval. Everything that decides what the next
+batch is (epoch, position in the epoch, RNG states) is in the checkpoint, so a resumed run
+computes exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hpsearch.config import TrainerConfig
+from hpsearch.trainer import checkpoint as ckpt
+from hpsearch.trainer.batching import collate, make_batches
+from hpsearch.trainer.features import IGNORE, Encoded, words_of_windows
+from hpsearch.trainer.metrics import ner_scores
+from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.prepare import Prepared
+
+
+class Reporter(Protocol):
+    def report(self, value: float, step: int) -> None: ...
+    def should_prune(self) -> bool: ...
+
+
+class TrialStopped(Exception):
+    """The trial ended early for a reason the study should record (nan_loss, oom, ...)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TrialPrunedAt(Exception):
+    """The pruner stopped the trial; ``value`` and ``step`` are its last report."""
+
+    def __init__(self, value: float, step: int):
+        super().__init__(f"pruned at step {step} with value {value:.4f}")
+        self.value, self.step = value, step
+
+
+class Interrupted(Exception):
+    """A stop was requested; a checkpoint was written and the trial can be resumed."""
+
+
+@dataclass
+class TrialResult:
+    value: float
+    best_step: int
+    best_scores: dict[str, Any]
+    steps: int
+    epochs_done: float
+    train_tokens: int
+    train_seconds: float
+    tokens_per_second: float
+    data_seconds: float
+    resumed_from_step: int | None
+    stopped_early: bool
+    history: list[list[float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # every CUDA device too
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at(step: int, cfg: TrainerConfig, total: int, warmup: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): warm up, then decay or hold."""
+    if step < warmup:
+        return cfg.learning_rate * (step + 1) / (warmup + 1)
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    progress = (step - warmup) / max(1, total - warmup)
+    if cfg.schedule == "cosine":
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate * max(0.0, 1.0 - progress)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay on biases and LayerNorm weights: decaying them only hurts (BERT's recipe)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object a line, cut back to the checkpoint on resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        keep = [
+            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, **row: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _trial_logger(out_dir: Path) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(f"hpsearch.trial.{out_dir.resolve()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler = logging.FileHandler(out_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    enc: Encoded,
+    gold: list[list[str]],
+    labels: list[str],
+    *,
+    device: torch.device,
+    amp: torch.dtype | None,
+    pad_id: int,
+    max_tokens: int,
+) -> dict[str, Any]:
+    """Scores on every word of every sentence, windows joined back together."""
+    was_training = model.training
+    model.eval()
+    preds: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(enc)
+    loss_sum, n_tok = 0.0, 0
+    for idx in make_batches(enc.lengths, max_tokens=max_tokens, shuffle=False):
+        b = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items()}
+        with _autocast(device, amp):
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits = logits.float()
+        loss_sum += F.cross_entropy(
+            logits.view(-1, logits.shape[-1]), b["labels"].view(-1),
+            ignore_index=IGNORE, reduction="sum",
+        ).item()
+        n_tok += int((b["labels"] != IGNORE).sum())
+        arg = logits.argmax(-1).cpu().numpy()
+        for row, w in enumerate(idx):
+            preds[w] = arg[row, : enc.lengths[w]]
+    model.train(was_training)
+    pred_tags = [[labels[i] for i in sent] for sent in words_of_windows(enc, preds)]
+    scores = ner_scores(gold, pred_tags)
+    scores["loss"] = loss_sum / max(1, n_tok)
+    return scores
+
+
+def _autocast(device: torch.device, amp: torch.dtype | None):
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    cfg: TrainerConfig,
+    prep: Prepared,
+    out_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    resume_from: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    metric: str = "f1",
+    maximize: bool = True,
+) -> TrialResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log, handler = _trial_logger(out_dir)
+    try:
+        return _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, maximize)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, maximize):
+    seed = cfg.seed or 0
+    seed_everything(seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    amp = resolve_precision(cfg.precision, device)
+    if amp is not None and device.type == "cpu" and amp == torch.float16:
+        raise TrialStopped("config", "precision fp16 needs a CUDA device")
+    log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
+    log.info("device %s, autocast %s, data %.2fs (%s)", device, amp, prep.seconds, prep.source)
+
+    model = build_model(cfg, prep.tokenizer, prep.labels).to(device)
+    net = torch.compile(model) if cfg.compile else model  # checkpoints keep plain names
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        fused=device.type == "cuda",
+    )
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    pad_id = prep.tokenizer.pad_token_id or 0
+
+    lengths = prep.train.lengths
+    epochs = [
+        make_batches(lengths, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=seed,
+                     epoch=e)
+        for e in range(cfg.max_epochs)
+    ]
+    total = sum(len(b) for b in epochs)
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = math.ceil(cfg.warmup_ratio * total)
+    eval_kw = dict(device=device, amp=amp, pad_id=pad_id, max_tokens=cfg.eval_batch_tokens)
+
+    # Position and what has been learnt so far: all of it goes into every checkpoint.
+    st: dict[str, Any] = {
+        "step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0, "best_scores": {},
+        "history": [], "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
+        "config": cfg.model_dump(mode="json", exclude={"progress", "num_threads", "device"}),
+    }
+    ckpt_root = out_dir / "checkpoints"
+    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    resumed_from = None
+    found = ckpt.latest(resume_from) if resume_from else None
+    found = found or ckpt.latest(ckpt_root)
+    if found is not None:
+        if found.state.get("config") != st["config"]:
+            raise TrialStopped(
+                "checkpoint_mismatch",
+                f"{found.path} was written by a run with other settings; refusing to mix them",
+            )
+        ckpt.restore(found, model=model, optimizer=optimizer, scaler=scaler)
+        st.update({k: v for k, v in found.state.items() if k != "rng"})
+        resumed_from = st["step"]
+        metrics.truncate_after(st["step"])
+        log.info("resumed from %s at step %d", found.path, st["step"])
+        if reporter is not None:
+            for step, value in st["history"]:  # the pruner judges the whole curve
+                reporter.report(value, int(step))
+        if found.path.parent != ckpt_root:  # adopt the old trial's checkpoint as our own
+            ckpt.save(ckpt_root, model=model, optimizer=optimizer, scaler=scaler, state=st)
+
+    def save_checkpoint() -> None:
+        try:
+            ckpt.save(ckpt_root, model=model, optimizer=optimizer, scaler=scaler, state=st)
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC: the previous checkpoint is still whole
+                raise TrialStopped("disk_full", f"no space left writing a checkpoint: {e}") from e
+            raise
+
+    def better(v: float) -> bool:
+        if st["best"] is None:
+            return True
+        delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
+        return v > st["best"] + delta if maximize else v < st["best"] - delta
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=st["step"], desc=out_dir.name, leave=False,
+               disable=None if cfg.progress else True, dynamic_ncols=True)
+    log_every = max(1, total // 100)
+    window_tokens, window_t0 = 0, time.perf_counter()
+    model.train()
+    t_start = time.perf_counter() - st["train_seconds"]
+    stopped_early = False
+    try:
+        while st["step"] < total:
+            idx = epochs[st["epoch"]][st["batch"]]
+            batch = collate(prep.train, idx, pad_id)
+            n_tokens = int(batch["attention_mask"].sum())
+            if device.type == "cuda":
+                batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+            lr = lr_at(st["step"], cfg, total, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            with _autocast(device, amp):
+                loss = net(**batch).loss
+            if not torch.isfinite(loss):
+                raise TrialStopped(
+                    "nan_loss", f"loss is {loss.item()} at step {st['step']} (lr {lr:.3g})"
+                )
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+                if cfg.max_grad_norm
+                else float("nan")
+            )
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            st["step"] += 1
+            st["batch"] += 1
+            st["train_tokens"] += n_tokens
+            window_tokens += n_tokens
+            epoch_done = st["batch"] == len(epochs[st["epoch"]])
+            if epoch_done:
+                st["epoch"] += 1
+                st["batch"] = 0
+            bar.update(1)
+
+            if st["step"] % log_every == 0:
+                now = time.perf_counter()
+                tps = window_tokens / max(now - window_t0, 1e-9)
+                window_tokens, window_t0 = 0, now
+                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tps:,.0f}")
+                metrics.write(step=st["step"], loss=loss.item(), lr=lr, grad_norm=grad_norm,
+                              tokens_per_s=tps, epoch=st["epoch"])
+
+            due_eval = (
+                st["step"] % cfg.eval_every == 0 if cfg.eval_every else epoch_done
+            ) or st["step"] == total
+            if due_eval:
+                scores = evaluate(model, prep.val, prep.val_gold, prep.labels, **eval_kw)
+                value = float(scores[metric])
+                st["history"].append([st["step"], value])
+                if better(value):
+                    st.update(best=value, best_step=st["step"], best_scores=scores, bad_evals=0)
+                    _save_best(model, out_dir)
+                else:
+                    st["bad_evals"] += 1
+                metrics.write(step=st["step"], epoch=st["epoch"], eval=True,
+                              **{f"val_{k}": v for k, v in scores.items() if k != "per_type"})
+                log.info("step %d val %s %.4f (best %.4f at %d) loss %.4f", st["step"], metric,
+                         value, st["best"], st["best_step"], scores["loss"])
+                if reporter is not None:
+                    reporter.report(value, st["step"])
+                    if reporter.should_prune():
+                        log.info("pruned at step %d", st["step"])
+                        raise TrialPrunedAt(value, st["step"])
+                es = cfg.early_stopping
+                if es and st["bad_evals"] >= es.patience and st["epoch"] >= es.min_epochs:
+                    log.info("early stop at step %d: %d evals without gain", st["step"],
+                             es.patience)
+                    stopped_early = True
+                    break
+            st["train_seconds"] = time.perf_counter() - t_start
+            if (cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0) or (
+                not cfg.checkpoint_every and due_eval and st["step"] < total
+            ):
+                save_checkpoint()
+            if should_stop():
+                save_checkpoint()
+                log.info("stop requested; checkpoint written at step %d", st["step"])
+                raise Interrupted(f"stopped at step {st['step']}")
+    finally:
+        bar.close()
+
+    st["train_seconds"] = time.perf_counter() - t_start
+    log.info("done: best %s %.4f at step %d", metric, st["best"], st["best_step"])
+    return TrialResult(
+        value=float(st["best"]),
+        best_step=st["best_step"],
+        best_scores=st["best_scores"],
+        steps=st["step"],
+        epochs_done=st["epoch"] + st["batch"] / len(epochs[min(st["epoch"], len(epochs) - 1)]),
+        train_tokens=st["train_tokens"],
+        train_seconds=st["train_seconds"],
+        tokens_per_second=st["train_tokens"] / max(st["train_seconds"], 1e-9),
+        data_seconds=prep.seconds,
+        resumed_from_step=resumed_from,
+        stopped_early=stopped_early,
+        history=st["history"],
+    )
+
+
+def _save_best(model: torch.nn.Module, out_dir: Path) -> None:
+    """The best evaluation's weights, so the study can hand back a model, not just a number."""
+    from safetensors.torch import save_file
+
+    target = out_dir / "best" / "model.safetensors"
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, target)

