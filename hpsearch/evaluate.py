@@ -24,6 +24,8 @@ def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     data = read_data(data_dir(cfg), cfg.trainer.data_format, splits=(split,))
     part = data.splits[split]
+    if split == "val":  # the study's validation set, as its trials saw it
+        part = part.limit(cfg.trainer.val_limit)
     unknown = {t for seq in part.tags for t in seq} - set(labels)
     if unknown:
         raise ConfigError(f"{folder}: model has no label for {sorted(unknown)}")

@@ -1,7 +1,7 @@
 """The trainer inside every trial: data, batching, model, loop, checkpoints, metrics."""
 
+from hpsearch.trainer.inputs import Prepared, prepare
 from hpsearch.trainer.loop import Interrupted, TrialPrunedAt, TrialResult, TrialStopped, train
-from hpsearch.trainer.prepare import Prepared, prepare
 
 __all__ = [
     "Interrupted",

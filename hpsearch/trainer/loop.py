@@ -29,9 +29,9 @@ from hpsearch.config import TrainerConfig
 from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer.batching import collate, make_batches
 from hpsearch.trainer.features import IGNORE, Encoded, words_of_windows
+from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.metrics import ner_scores
 from hpsearch.trainer.modeling import build_model
-from hpsearch.trainer.prepare import Prepared
 
 
 class Reporter(Protocol):

@@ -1,0 +1,114 @@
+"""`hpsearch run` end to end: real trainer trials written to a real SQLite study database."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+from conftest import hpsearch, write_study
+from optuna.trial import TrialState
+
+from hpsearch.config import load_study
+
+
+def _trials(path):
+    cfg = load_study(path)
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    return study.get_trials()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, demo_dir):
+    tmp = tmp_path_factory.mktemp("run")
+    path = write_study(tmp, demo_dir, n_trials=3)
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    return path, r
+
+
+def test_run_writes_complete_trials(finished):
+    path, r = finished
+    trials = _trials(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert 0.0 <= t.value <= 1.0
+        assert set(t.params) == {"learning_rate", "weight_decay"}
+        assert t.intermediate_values  # reported while training
+        assert t.value == max(t.intermediate_values.values())  # best seen, not last
+        assert t.user_attrs["steps"] > 0 and "per_type" in t.user_attrs["best_scores"]
+    assert "3/3 trials" in r.stdout and "best trial #" in r.stdout
+    for t in trials:
+        assert f"trial {t.number:>3}" in r.stdout
+
+
+def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tmp_path):
+    path, _ = finished
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0 and "nothing to do" in r.stdout
+    assert len(_trials(path)) == 3
+    d = yaml.safe_load(path.read_text())
+    d["n_trials"] = 5
+    path.write_text(yaml.safe_dump(d))
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    trials = _trials(path)
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert "5/5 trials" in r.stdout
+
+
+def test_status_and_best(finished):
+    path, _ = finished
+    best = max(_trials(path), key=lambda t: t.value)
+    r = hpsearch("best", str(path), "--json")
+    assert r.returncode == 0
+    got = json.loads(r.stdout)
+    assert got["number"] == best.number and got["value"] == pytest.approx(best.value)
+    assert got["params"] == pytest.approx(best.params)
+    r = hpsearch("status", str(path))
+    assert r.returncode == 0 and f"best #{best.number}" in r.stdout
+    assert r.stdout.count("COMPLETE") == len(_trials(path))
+
+
+def test_best_model_loads_with_plain_transformers(finished):
+    """The exported folder needs no hpsearch, and scores what the study reported."""
+    path, _ = finished
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    cfg = load_study(path)
+    folder = cfg.out / "best-model"
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.id2label[0] == "O" and tok.is_fast
+    marker = json.loads((folder / "hpsearch-trial.json").read_text())
+    best = max(_trials(path), key=lambda t: t.value)
+    assert marker["number"] == best.number
+    r = hpsearch("evaluate", str(path), "--split", "val", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["f1"] == pytest.approx(best.value, abs=1e-9)
+
+
+def test_study_file_changed_between_runs_is_refused(finished):
+    path, _ = finished
+    d = yaml.safe_load(path.read_text())
+    d["search_space"]["learning_rate"]["high"] = 0.5
+    changed = path.with_name("changed.yaml")
+    changed.write_text(yaml.safe_dump(d))
+    r = hpsearch("run", str(changed))
+    assert r.returncode == 2
+    assert "search_space.learning_rate.high: 0.01 -> 0.5" in r.stderr
+
+
+def test_bayes_backend_writes_the_same_database(tmp_path, demo_dir):
+    path = write_study(tmp_path, demo_dir, n_trials=4,
+                       backend={"name": "bayes", "acquisition": "ei", "n_random_init": 2},
+                       trainer={"max_epochs": 1})
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    trials = _trials(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    sampled_by = [t.system_attrs.get("hpsearch:sampled_by") for t in trials]
+    assert sampled_by[:2] == ["bayes_opt:random_init"] * 2
+    assert sampled_by[2:] == ["bayes_opt"] * 2
+    assert all(t.intermediate_values for t in trials)
