@@ -70,6 +70,8 @@ def run(study_file: str, allow_changes: bool) -> None:
     def on_trial(o, study) -> None:
         value = "-" if o.value is None else f"{o.value:.4f}"
         reason = f" ({o.reason})" if o.reason else ""
+        if o.resumed_from_step is not None:
+            reason += f" (resumed from step {o.resumed_from_step})"
         best = driver.summarize(study, cfg, [], [])
         best_txt = "" if best.best_value is None else (
             f"  best {best.best_value:.4f} (#{best.best_number})"

@@ -112,6 +112,14 @@ def n_counted(study: optuna.Study) -> int:
     return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
 
 
+def work_left(study: optuna.Study, n_trials: int) -> bool:
+    """Queued continuations run even when the total is reached: they are already counted."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    return sum(counts_toward_total(t) for t in trials) < n_trials
+
+
 # ----------------------------------------------------------------------------- liveness
 
 
@@ -217,6 +225,7 @@ class TrialOutcome:
     params: dict[str, Any]
     seconds: float
     reason: str | None = None
+    resumed_from_step: int | None = None
 
 
 class StopRequest:
@@ -272,8 +281,9 @@ def run_trial(
     for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
         storage.set_trial_system_attr(trial._trial_id, k, v)
 
-    def done(state: TrialState, value: float | None, reason: str | None = None) -> TrialOutcome:
-        return TrialOutcome(trial.number, state, value, params, time.time() - t0, reason)
+    def done(state: TrialState, value: float | None, reason: str | None = None,
+             resumed: int | None = None) -> TrialOutcome:
+        return TrialOutcome(trial.number, state, value, params, time.time() - t0, reason, resumed)
 
     with Heartbeat(study, trial._trial_id):
         try:
@@ -314,7 +324,7 @@ def run_trial(
         ):
             trial.set_user_attr(k, v)
         study.tell(trial, result.value)
-    return done(TrialState.COMPLETE, result.value)
+    return done(TrialState.COMPLETE, result.value, resumed=result.resumed_from_step)
 
 
 def _oom_error() -> type:
@@ -423,7 +433,7 @@ def run(
     ran: list[TrialOutcome] = []
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     with StopRequest() as stop:
-        while n_counted(study) < cfg.n_trials and not stop():
+        while work_left(study, cfg.n_trials) and not stop():
             if deadline is not None and time.time() >= deadline:
                 break
             if prep is None:  # after the count check: a finished study touches no data

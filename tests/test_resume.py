@@ -1,0 +1,152 @@
+"""Kill it anywhere, run it again: the interrupted trial continues from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO, hpsearch, write_study
+from optuna.trial import TrialState
+
+from hpsearch.config import load_study
+from hpsearch.trainer import Interrupted, prepare, train
+from hpsearch.trainer.checkpoint import list_checkpoints
+
+# Slow enough to be caught mid-trial: ~60 optimizer steps, a checkpoint every 5.
+SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 5}
+
+
+def _start(path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(path)], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _wait_for_checkpoint(trial_dir: Path, proc: subprocess.Popen, min_step: int = 10) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpts = list_checkpoints(trial_dir / "checkpoints")
+        if ckpts and int(ckpts[-1].name.split("-")[1]) >= min_step:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def _study(path: Path) -> optuna.Study:
+    cfg = load_study(path)
+    return optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+
+
+def _reference_f1(path: Path, params: dict, out: Path) -> float:
+    args = [a for k, v in params.items() for a in ("--set", f"{k}={v!r}")]
+    r = hpsearch("train", str(path), *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return max(x["val_f1"] for x in rows if x.get("eval"))
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path, demo_dir):
+    path = write_study(tmp_path, demo_dir, n_trials=2, trainer=SLOW)
+    proc = _start(path)
+    _wait_for_checkpoint(tmp_path / "out" / "trials" / "trial-0000", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = _study(path).get_trials()[0]
+    assert killed.state == TrialState.RUNNING  # what a power cut leaves behind
+
+    r = hpsearch("resume", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "resumed interrupted trial(s): 0" in r.stdout
+    trials = _study(path).get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].system_attrs["hpsearch:fail_reason"] == "interrupted"
+    cont = trials[1]
+    assert cont.system_attrs["hpsearch:retry_of"] == 0
+    assert cont.params == killed.params and cont.state == TrialState.COMPLETE
+    resumed_step = cont.user_attrs["resumed_from_step"]
+    assert resumed_step >= 10  # continued from its checkpoint, not from step 0
+    assert f"(resumed from step {resumed_step})" in r.stdout
+    # n_trials counts the continuation, not the interrupted attempt.
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2 and len(trials) == 3
+    # Exactly what an uninterrupted run with the same parameters and seed gives (CPU, fp32).
+    assert cont.value == _reference_f1(path, killed.params, tmp_path / "ref")
+
+
+def test_sigint_checkpoints_exits_130_and_resumes(tmp_path, demo_dir):
+    path = write_study(tmp_path, demo_dir, n_trials=1, trainer=SLOW)
+    proc = _start(path)
+    trial_dir = tmp_path / "out" / "trials" / "trial-0000"
+    _wait_for_checkpoint(trial_dir, proc, min_step=5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "checkpoint" in out + err
+    ckpts = list_checkpoints(trial_dir / "checkpoints")
+    assert ckpts
+    stopped_at = int(ckpts[-1].name.split("-")[1])
+    trials = _study(path).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+
+    r = hpsearch("resume", str(path))
+    assert r.returncode == 0, r.stderr
+    done = _study(path).get_trials()[1]
+    assert done.state == TrialState.COMPLETE
+    assert done.user_attrs["resumed_from_step"] == stopped_at
+    assert done.value == _reference_f1(path, done.params, tmp_path / "ref")
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, demo_dir, caplog):
+    cfg = load_study(write_study(tmp_path, demo_dir, trainer=SLOW)).trainer_for(
+        {"learning_rate": 3e-3})
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    steps = iter(range(1000))
+    with pytest.raises(Interrupted):
+        train(cfg, prep, tmp_path / "t", should_stop=lambda: next(steps) >= 12)
+    ckpts = list_checkpoints(tmp_path / "t" / "checkpoints")
+    assert [c.name for c in ckpts] == ["step-00000010", "step-00000013"]
+    weights = ckpts[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a torn write
+
+    with caplog.at_level(logging.WARNING):
+        resumed = train(cfg, prep, tmp_path / "t")
+    assert resumed.resumed_from_step == 10
+    assert "skipping damaged checkpoint" in caplog.text and "step-00000013" in caplog.text
+    assert resumed.value == train(cfg, prep, tmp_path / "fresh").value
+
+
+def test_planted_pickle_in_checkpoint_is_not_executed(tmp_path, demo_dir):
+    """training.pt is read with weights_only=True: a pickle payload is refused, never run."""
+    import pickle
+
+    cfg = load_study(write_study(tmp_path, demo_dir, trainer=SLOW)).trainer_for({})
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    with pytest.raises(Interrupted):
+        train(cfg, prep, tmp_path / "t", should_stop=lambda: True)
+    ckpt = list_checkpoints(tmp_path / "t" / "checkpoints")[-1]
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (ckpt / "training.pt").write_bytes(pickle.dumps(Payload()))
+    # Even with a matching checksum, loading refuses the payload.
+    import hashlib
+
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["training.pt"] = hashlib.sha256((ckpt / "training.pt").read_bytes()).hexdigest()
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
+        train(cfg, prep, tmp_path / "t")
+    assert not marker.exists()
