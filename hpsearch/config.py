@@ -252,7 +252,9 @@ class TrainerConfig(_Strict):
         default=None, ge=1, description="fixed sentences per batch instead of a token budget"
     )
     eval_every: int | None = Field(default=None, ge=1, description="steps; default once an epoch")
-    checkpoint_every: int | None = Field(default=None, ge=1, description="steps; default at evals")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1, description="steps between checkpoints, besides one at every eval"
+    )
     eval_batch_tokens: int = Field(default=16384, ge=16)
     early_stopping: EarlyStopping | None = None
 

@@ -390,8 +390,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                     stopped_early = True
                     break
             st["train_seconds"] = time.perf_counter() - t_start
-            if (cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0) or (
-                not cfg.checkpoint_every and due_eval and st["step"] < total
+            if st["step"] < total and (
+                due_eval or (cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0)
             ):
                 save_checkpoint()
             if should_stop():
