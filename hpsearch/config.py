@@ -360,18 +360,31 @@ def _probe_value(param: FloatParam | IntParam | CategoricalParam) -> Any:
 
 # --------------------------------------------------------------------------- loading
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def expand_env(text: str, where: str) -> str:
-    """`${VAR}` expansion, so passwords live in the environment rather than in study files."""
+    """`${VAR}` / `${VAR:-default}`: passwords and machine-specific paths stay out of files."""
 
     def sub(m: re.Match[str]) -> str:
-        if m.group(1) not in os.environ:
-            raise ConfigError(f"{where}: environment variable ${{{m.group(1)}}} is not set")
-        return os.environ[m.group(1)]
+        name, default = m.group(1), m.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
 
     return _ENV.sub(sub, text)
+
+
+def _expand_all(data: Any, where: str) -> Any:
+    if isinstance(data, str):
+        return expand_env(data, where)
+    if isinstance(data, dict):
+        return {k: _expand_all(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_all(v, where) for v in data]
+    return data
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -404,13 +417,15 @@ def parse_study(data: Any, source: str = "<study>") -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of study settings at the top level")
     try:
+        data = {k: _expand_all(v, str(k)) for k, v in data.items()}
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
         cfg = StudyConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {format_validation_error(e)}") from None
     except (TypeError, ValueError, RecursionError) as e:  # e.g. non-string keys deep inside
         raise ConfigError(f"{source}: {e}") from None
-    if cfg.storage is not None:
-        cfg.storage = expand_env(cfg.storage, f"{source}: storage")
     env_storage = os.environ.get("HPSEARCH_STORAGE")
     if env_storage:
         cfg.storage = env_storage
