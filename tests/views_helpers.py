@@ -1,0 +1,123 @@
+"""Synthetic studies for the report, dashboard and notebook tests.
+
+The views only read the study database, so their tests fill one through the Optuna API instead
+of training: a 500-trial study takes well under a second to make this way, and every state a
+real search produces (completed, pruned, failed with a reason, a resumed continuation) is there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState, create_trial
+
+from hpsearch.config import StudyConfig, parse_study
+from hpsearch.space import distributions
+from hpsearch.study import A_REASON, A_RETRY_OF, open_study
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TYPES = ("LOC", "ORG", "PER")
+
+
+def study_dict(tmp_path: Path, name: str = "views", storage: str = "sqlite") -> dict:
+    """A study file's settings: the demo's search space, outputs under ``tmp_path``.
+
+    ``storage="journal"`` puts the study in Optuna's journal file, which takes new trials about
+    fifty times faster than SQLite (no transaction per row): the big studies use it.
+    """
+    out = tmp_path / "runs" / name
+    return {
+        "name": name,
+        **({"storage": f"journal:{out / 'study.journal'}"} if storage == "journal" else {}),
+        "n_trials": 10,
+        "output_dir": str(out),
+        "pruner": "median",
+        "search_space": {
+            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        },
+        "trainer": {"data_dir": "demo", "device": "cpu"},
+    }
+
+
+def write_study_yaml(tmp_path: Path, name: str = "views", storage: str = "sqlite") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tmp_path, name, storage)), encoding="utf-8")
+    return path
+
+
+def _f1(lr: float, wd: float) -> float:
+    """A smooth bowl in log space, best near lr=1e-3, wd=1e-2, like a real learning-rate sweep."""
+    return max(0.0, 0.92 - 0.09 * (math.log10(lr) + 3) ** 2 - 0.03 * (math.log10(wd) + 2) ** 2)
+
+
+def _scores(f1: float, loss: float) -> dict:
+    per_type = {
+        t: {"precision": f1 + 0.01 * i, "recall": f1 - 0.01 * i, "f1-score": f1, "support": 50.0}
+        for i, t in enumerate(TYPES)
+    }
+    return {"precision": f1, "recall": f1, "f1": f1, "accuracy": 0.5 + f1 / 2, "loss": loss,
+            "per_type": per_type}
+
+
+def make_synthetic_study(
+    tmp_path: Path,
+    n: int = 12,
+    *,
+    states: str = "mixed",
+    name: str = "views",
+    storage: str = "sqlite",
+    seed: int = 0,
+) -> tuple[StudyConfig, optuna.Study]:
+    """A study on SQLite under ``tmp_path`` with ``n`` finished trials and learning curves.
+
+    ``states``: ``mixed`` (mostly completed, every 4th pruned, every 7th failed, one resumed
+    continuation), ``pruned`` (only pruned trials) or ``complete``.
+    """
+    cfg = parse_study(study_dict(tmp_path, name, storage))
+    study = open_study(cfg, create=True)
+    dists = distributions(cfg.search_space)
+    rng = random.Random(seed)
+    t0 = dt.datetime(2025, 1, 6, 9, 0, 0)
+    trials = []
+    for i in range(n):
+        lr, wd = 10 ** rng.uniform(-5, -1), 10 ** rng.uniform(-4, -1)
+        final = _f1(lr, wd)
+        state = TrialState.COMPLETE
+        if states == "pruned" or (states == "mixed" and i % 4 == 3):
+            state = TrialState.PRUNED
+        elif states == "mixed" and i % 7 == 5:
+            state = TrialState.FAIL
+        n_steps = {TrialState.COMPLETE: 6, TrialState.PRUNED: 2, TrialState.FAIL: 1}[state]
+        curve = {50 * (s + 1): final * (1 - math.exp(-(s + 1) / 2)) for s in range(n_steps)}
+        user_attrs: dict = {}
+        system_attrs: dict = {}
+        if state == TrialState.COMPLETE:
+            user_attrs = {"best_step": max(curve), "best_scores": _scores(final, 1 - final)}
+        elif state == TrialState.PRUNED:
+            user_attrs = {"pruned_step": max(curve)}
+        else:
+            user_attrs = {"fail_reason": "oom", "error": "OutOfMemoryError: CUDA out of memory"}
+            system_attrs = {A_REASON: "oom"}
+        if state == TrialState.COMPLETE and i == 8:
+            system_attrs = {A_RETRY_OF: 2}
+        trial = create_trial(
+            state=state,
+            value=final if state == TrialState.COMPLETE else None,
+            params={"learning_rate": lr, "weight_decay": wd},
+            distributions=dists,
+            user_attrs=user_attrs,
+            system_attrs=system_attrs,
+            intermediate_values=curve,
+        )
+        trial.datetime_start = t0 + dt.timedelta(minutes=3 * i)
+        trial.datetime_complete = trial.datetime_start + dt.timedelta(seconds=20 + 15 * n_steps)
+        trials.append(trial)
+    study.add_trials(trials)
+    return cfg, study
