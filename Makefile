@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup sysdeps demo test lint clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,21 @@ demo: setup
 	$(BIN)/hpsearch run studies/demo.yaml
 	$(BIN)/hpsearch status studies/demo.yaml
 
-test: setup
+# Real components the tests start: Chromium (the report in a browser) and a PostgreSQL server
+# (shared studies). Installed from Debian when missing and when we may; otherwise the tests that
+# need them skip with a loud message.
+sysdeps:
+	@need=""; command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	if [ -n "$$need" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$need"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null) \
+	      || echo "WARNING: could not install$$need; the tests that need them will skip"; \
+	  else echo "WARNING: missing$$need (apt-get install$$need); the tests that need them will skip"; fi; \
+	fi
+
+test: setup sysdeps
 	$(BIN)/ruff check hpsearch tests bench
 	$(BIN)/python -m pytest -q
 

@@ -221,6 +221,49 @@ def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) 
     click.echo(format_report(scores))
 
 
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="The HTML file (default: <output_dir>/report.html).")
+@click.option("--png", "png_dir", type=click.Path(file_okay=False),
+              help="Also write each figure as a PNG into this folder.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in a browser.")
+@_errors
+def plot(study_file: str, out: str | None, png_dir: str | None, open_browser: bool) -> None:
+    """Write the study's HTML report: history, learning curves, landscape, importances."""
+    from hpsearch.plots import ExportError, write_report
+
+    cfg = _load(study_file)
+    try:
+        path = write_report(cfg, Path(out) if out else None,
+                            png_dir=Path(png_dir) if png_dir else None)
+    except ExportError as e:
+        raise ConfigError(str(e)) from None
+    click.echo(f"report: {path}")
+    if png_dir:
+        click.echo(f"figures: {png_dir}")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@_errors
+def dashboard(study_file: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study's database (safe while workers run)."""
+    from hpsearch.dashboard import DashboardUnavailable, serve_dashboard
+
+    cfg = _load(study_file)
+    try:
+        serve_dashboard(cfg, host=host, port=port)
+    except DashboardUnavailable as e:
+        raise ConfigError(str(e)) from None
+
+
 @main.command("demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True)
