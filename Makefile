@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/hpsearch run studies/demo.yaml
 	$(BIN)/hpsearch status studies/demo.yaml
+	$(BIN)/hpsearch plot studies/demo.yaml
 
 # Real components the tests start: Chromium (the report in a browser) and a PostgreSQL server
 # (shared studies). Installed from Debian when missing and when we may; otherwise the tests that

@@ -9,6 +9,7 @@ from one that is still running.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,6 +17,9 @@ import optuna
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's "still alive" writes
 GRACE_PERIOD = 60  # a RUNNING trial silent for this long belongs to a dead process
+
+# Optuna flags the RDB heartbeat as experimental on every open; hpsearch depends on it on purpose.
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
 
 
 def redact(url: str) -> str:

@@ -381,6 +381,9 @@ def export_best(cfg: StudyConfig, best: FrozenTrial) -> Path | None:
     model.load_state_dict(load_file(weights))
     tmp = cfg.out / ".best-model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard bar per export is noise in the trial lines
     model.save_pretrained(tmp)
     prep.tokenizer.save_pretrained(tmp)
     (tmp / "hpsearch-trial.json").write_text(
