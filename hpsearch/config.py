@@ -133,15 +133,15 @@ class PercentilePruner(_Strict):
 
 class SuccessiveHalvingPruner(_Strict):
     name: Literal["successive_halving"]
-    min_resource: int | Literal["auto"] = "auto"
+    min_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=3, ge=2)
     min_early_stopping_rate: int = Field(default=0, ge=0)
 
 
 class HyperbandPruner(_Strict):
     name: Literal["hyperband"]
-    min_resource: int = Field(default=1, ge=1)
-    max_resource: int | Literal["auto"] = "auto"
+    min_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    max_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     reduction_factor: int = Field(default=3, ge=2)
 
 
@@ -261,6 +261,14 @@ class TrainerConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     compile: bool = False
+    fast_path: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="static shapes (windows padded to `buckets`, fixed rows per bucket) and "
+        "torch.compile(mode='reduce-overhead'), i.e. CUDA graphs; auto = on CUDA only",
+    )
+    buckets: list[Annotated[int, Field(ge=8)]] = Field(
+        default=[64, 128, 256], min_length=1, description="padded widths of the fast path"
+    )
     num_threads: int | None = Field(default=None, ge=1)
     seed: int | None = None
     progress: bool = True

@@ -1,10 +1,71 @@
-"""study.yaml's `pruner:` as an Optuna pruner; defaults suit a maximised F1 reported per eval."""
+"""study.yaml's `pruner:` as an Optuna pruner; defaults suit a maximised F1 reported per eval.
+
+The trainer reports validation F1 at every evaluation with the optimizer step as Optuna's
+``step``, so every resource and warm-up below is counted in optimizer steps. Two consequences
+shape the defaults:
+
+* Steps are sparse (one report every ``eval_every`` steps), so a step-based minimum resource of
+  1 (Optuna's default for Hyperband) would put the first rungs of every bracket before the first
+  evaluation and judge them all on one value. ``min_resource: auto`` is instead the step of the
+  first evaluation of a finished trial: the first rung is the first point where trials can be
+  compared at all.
+* Early F1 is often exactly 0 for every trial (the model predicts only ``O``); median and
+  percentile pruning prune only a trial *below* the others, so a tie at 0 does not prune, and a
+  few finished trials (``n_startup_trials``) are needed before any verdict.
+"""
 
 from __future__ import annotations
 
 import optuna
+from optuna.trial import TrialState
 
 from hpsearch import config as c
+
+
+def _first_eval_step(study: optuna.Study) -> int | None:
+    """The step of the first report of the finished trials (None until one has finished)."""
+    firsts = [
+        min(t.intermediate_values)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.intermediate_values
+    ]
+    return max(1, min(firsts)) if firsts else None
+
+
+class _SuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
+    """Successive halving whose ``auto`` minimum resource is the first evaluation's step."""
+
+    def __init__(self, min_resource: int | None, reduction_factor: int, rate: int) -> None:
+        super().__init__(1 if min_resource is None else min_resource, reduction_factor, rate)
+        self._min_resource = min_resource
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if self._min_resource is None:
+            self._min_resource = _first_eval_step(study)
+            if self._min_resource is None:
+                return False
+        return super().prune(study, trial)
+
+
+class _Hyperband(optuna.pruners.HyperbandPruner):
+    """Hyperband whose ``auto`` minimum resource is the first evaluation's step.
+
+    A subclass, not a wrapper: Optuna's samplers recognise a HyperbandPruner and look only at
+    the trials of the bracket being sampled for.
+    """
+
+    def __init__(self, min_resource: int | None, max_resource, reduction_factor: int) -> None:
+        super().__init__(1 if min_resource is None else min_resource, max_resource,
+                         reduction_factor)
+        self._auto_min = min_resource is None
+
+    def _try_initialization(self, study: optuna.Study) -> None:
+        if self._auto_min:
+            first = _first_eval_step(study)
+            if first is None:
+                return
+            self._min_resource, self._auto_min = first, False
+        super()._try_initialization(study)
 
 
 def make_pruner(p) -> optuna.pruners.BasePruner:
@@ -18,10 +79,12 @@ def make_pruner(p) -> optuna.pruners.BasePruner:
         return P.PercentilePruner(p.percentile, p.n_startup_trials, p.n_warmup_steps,
                                   p.interval_steps, n_min_trials=p.n_min_trials)
     if isinstance(p, c.SuccessiveHalvingPruner):
-        return P.SuccessiveHalvingPruner(p.min_resource, p.reduction_factor,
-                                         p.min_early_stopping_rate)
+        auto = p.min_resource == "auto"
+        return _SuccessiveHalving(None if auto else p.min_resource, p.reduction_factor,
+                                  p.min_early_stopping_rate)
     if isinstance(p, c.HyperbandPruner):
-        return P.HyperbandPruner(p.min_resource, p.max_resource, p.reduction_factor)
+        auto = p.min_resource == "auto"
+        return _Hyperband(None if auto else p.min_resource, p.max_resource, p.reduction_factor)
     if isinstance(p, c.ThresholdPruner):
         return P.ThresholdPruner(lower=p.lower, upper=p.upper, n_warmup_steps=p.n_warmup_steps,
                                  interval_steps=p.interval_steps)

@@ -293,7 +293,8 @@ def run_trial(
             )
         except TrialPrunedAt as e:
             trial.set_user_attr("pruned_step", e.step)
-            study.tell(trial, state=TrialState.PRUNED)
+            study.tell(trial, state=TrialState.PRUNED)  # its value: the last F1 reported
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resumed, whatever keep
             return done(TrialState.PRUNED, e.value)
         except TrialStopped as e:
             trial.set_user_attr("fail_reason", e.reason)
