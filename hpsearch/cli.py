@@ -23,16 +23,28 @@ def _errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from hpsearch.trainer.data import DataError
-        from hpsearch.trainer.modeling import ModelSourceError
-
         try:
             return fn(*a, **kw)
-        except (ConfigError, DataError, ModelSourceError) as e:
+        except Exception as e:
+            if not isinstance(e, _user_errors()):
+                raise
             click.echo(f"error: {e}", err=True)
             sys.exit(EXIT_USAGE)
 
     return wrapper
+
+
+# Errors that are the user's to fix, by module. Importing the trainer costs seconds (torch), so a
+# class is looked up only once its module is loaded: nothing else can have raised it.
+_USER_ERRORS = (
+    ("hpsearch.trainer.data", "DataError"),
+    ("hpsearch.trainer.modeling", "ModelSourceError"),
+)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    loaded = [getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules]
+    return (ConfigError, *loaded)
 
 
 def _load(path: str) -> StudyConfig:
