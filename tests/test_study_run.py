@@ -112,3 +112,31 @@ def test_bayes_backend_writes_the_same_database(tmp_path, demo_dir):
     assert sampled_by[:2] == ["bayes_opt:random_init"] * 2
     assert sampled_by[2:] == ["bayes_opt"] * 2
     assert all(t.intermediate_values for t in trials)
+
+
+def test_keep_best_leaves_only_the_best_trials_weights(finished):
+    """A long study must not fill the disk: after each trial only the best weights remain."""
+    path, _ = finished
+    cfg = load_study(path)
+    best = max((t for t in _trials(path) if t.state == TrialState.COMPLETE),
+               key=lambda t: t.value)
+    trial_dirs = sorted((cfg.out / "trials").iterdir())
+    assert len(trial_dirs) == len(_trials(path))
+    for d in trial_dirs:
+        assert not (d / "checkpoints").exists(), f"{d.name} kept its checkpoints"
+        has_best = (d / "best" / "model.safetensors").exists()
+        assert has_best == (d.name == f"trial-{best.number:04d}"), d.name
+        assert (d / "metrics.jsonl").exists() and (d / "train.log").exists()
+    assert (cfg.out / "best-model" / "model.safetensors").exists()
+
+
+def test_keep_all_keeps_every_checkpoint(tmp_path, demo_dir):
+    path = write_study(tmp_path, demo_dir, n_trials=2, keep="all",
+                       trainer={"max_epochs": 2, "train_limit": 100, "val_limit": 50})
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    dirs = sorted((tmp_path / "out" / "trials").iterdir())
+    assert len(dirs) == 2
+    for d in dirs:
+        assert (d / "best" / "model.safetensors").exists()
+        assert any((d / "checkpoints").iterdir())
