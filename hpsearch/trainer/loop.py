@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from hpsearch.config import TrainerConfig
 from hpsearch.trainer import checkpoint as ckpt
-from hpsearch.trainer.batching import collate, make_batches
+from hpsearch.trainer.batching import bucket_of, bucket_widths, collate, make_batches, rows_for
 from hpsearch.trainer.features import IGNORE, Encoded, words_of_windows
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.metrics import ner_scores
@@ -168,6 +168,7 @@ def evaluate(
     amp: torch.dtype | None,
     pad_id: int,
     max_tokens: int,
+    multiple: int = 8,
 ) -> dict[str, Any]:
     """Scores on every word of every sentence, windows joined back together."""
     was_training = model.training
@@ -175,7 +176,8 @@ def evaluate(
     preds: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(enc)
     loss_sum, n_tok = 0.0, 0
     for idx in make_batches(enc.lengths, max_tokens=max_tokens, shuffle=False):
-        b = {k: v.to(device, non_blocking=True) for k, v in collate(enc, idx, pad_id).items()}
+        batch = collate(enc, idx, pad_id, multiple=multiple)
+        b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _autocast(device, amp):
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         logits = logits.float()
@@ -200,6 +202,60 @@ def _autocast(device: torch.device, amp: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp)
 
 
+# ----------------------------------------------------------------------------- the fast path
+
+
+@dataclass
+class Plan:
+    """How batches are shaped and the model is run, decided once per trial and logged."""
+
+    widths: tuple[int, ...] | None  # bucket widths on the fast path, else pad to `multiple`
+    multiple: int
+    sync_every: int  # steps between host reads of the on-device loss check
+    graphs: bool  # torch.compile(mode="reduce-overhead"): CUDA graphs, one per shape
+    compiled: bool
+    why: str
+
+
+def make_plan(cfg: TrainerConfig, device: torch.device) -> Plan:
+    """The fast path where it applies (CUDA, or forced), the plain loop everywhere else.
+
+    At 32 sentences a step a GPU waits on kernel launches, not arithmetic: static shapes let
+    each bucket's forward and backward be captured once as a CUDA graph and replayed, and
+    keeping the host from reading device values every step lets the CPU run ahead. A CPU
+    gains from neither, and pads only to what the batch needs.
+    """
+    cuda = device.type == "cuda"
+    multiple = 8 if cuda else 1
+    sync_every = 0 if cuda else 1  # 0: filled in with the logging interval
+    if cfg.fast_path == "off" or (cfg.fast_path == "auto" and not cuda):
+        why = "fast path off" if cfg.fast_path == "off" else "fast path off (auto, not CUDA)"
+        return Plan(None, multiple, sync_every, False, cfg.compile, why)
+    widths = bucket_widths(cfg.buckets, cfg.max_length)
+    graphs = cuda and _has_triton()
+    why = f"fast path: buckets {list(widths)}"
+    if cuda and not graphs:
+        why += ", no triton: eager"
+    elif not cuda:
+        why += ", no CUDA: no graphs"
+    return Plan(widths, multiple, sync_every, graphs, graphs or cfg.compile, why)
+
+
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
+
+
+def _forward_backward(net, batch, device, amp, scaler) -> torch.Tensor:
+    with _autocast(device, amp):
+        loss = net(**batch).loss
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -213,17 +269,21 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     metric: str = "f1",
     maximize: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrialResult:
+    """Train one trial. ``on_step(step, train_tokens)`` runs after every optimizer step."""
     out_dir.mkdir(parents=True, exist_ok=True)
     log, handler = _trial_logger(out_dir)
     try:
-        return _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, maximize)
+        return _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric,
+                      maximize, on_step)
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, maximize):
+def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, maximize,
+           on_step):
     seed = cfg.seed or 0
     seed_everything(seed)
     if cfg.num_threads:
@@ -232,17 +292,24 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     amp = resolve_precision(cfg.precision, device)
     if amp is not None and device.type == "cpu" and amp == torch.float16:
         raise TrialStopped("config", "precision fp16 needs a CUDA device")
+    plan = make_plan(cfg, device)
     log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
-    log.info("device %s, autocast %s, data %.2fs (%s)", device, amp, prep.seconds, prep.source)
+    log.info("device %s, autocast %s, %s", device, amp, plan.why)
+    log.info("data %.2fs (%s)", prep.seconds, prep.source)
 
     model = build_model(cfg, prep.tokenizer, prep.labels).to(device)
-    net = torch.compile(model) if cfg.compile else model  # checkpoints keep plain names
+    net = model  # what the steps run; checkpoints keep the plain model's names
+    if plan.graphs:
+        net = torch.compile(model, mode="reduce-overhead", dynamic=False)
+    elif plan.compiled:
+        net = torch.compile(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay),
         lr=cfg.learning_rate,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_epsilon,
-        fused=device.type == "cuda",
+        fused=True,  # one kernel per group on CUDA, a vectorised loop on CPU; same maths
     )
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     pad_id = prep.tokenizer.pad_token_id or 0
@@ -250,20 +317,31 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     lengths = prep.train.lengths
     epochs = [
         make_batches(lengths, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size, seed=seed,
-                     epoch=e)
+                     epoch=e, widths=plan.widths)
         for e in range(cfg.max_epochs)
     ]
     total = sum(len(b) for b in epochs)
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     warmup = math.ceil(cfg.warmup_ratio * total)
-    eval_kw = dict(device=device, amp=amp, pad_id=pad_id, max_tokens=cfg.eval_batch_tokens)
+    log_every = max(1, total // 100)
+    sync_every = plan.sync_every or log_every
+    eval_kw = dict(device=device, amp=amp, pad_id=pad_id, max_tokens=cfg.eval_batch_tokens,
+                   multiple=plan.multiple)
+
+    def make_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        if plan.widths is None:
+            return collate(prep.train, idx, pad_id, multiple=plan.multiple)
+        width = bucket_of(int(lengths[idx].max()), plan.widths)
+        rows = rows_for(width, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
+        return collate(prep.train, idx, pad_id, width=width, rows=rows)
 
     # Position and what has been learnt so far: all of it goes into every checkpoint.
     st: dict[str, Any] = {
         "step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0, "best_scores": {},
         "history": [], "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
         "config": cfg.model_dump(mode="json", exclude={"progress", "num_threads", "device"}),
+        "widths": list(plan.widths) if plan.widths and cfg.batch_size is None else None,
     }
     ckpt_root = out_dir / "checkpoints"
     metrics = MetricsLog(out_dir / "metrics.jsonl")
@@ -276,6 +354,12 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                 "checkpoint_mismatch",
                 f"{found.path} was written by a run with other settings; refusing to mix them",
             )
+        if found.state.get("widths") != st["widths"]:  # a budget's batches follow the buckets
+            raise TrialStopped(
+                "checkpoint_mismatch",
+                f"{found.path} was written with batches cut for buckets {found.state['widths']}"
+                f" but this run uses {st['widths']} (fast_path on another device?)",
+            )
         ckpt.restore(found, model=model, optimizer=optimizer, scaler=scaler)
         st.update({k: v for k, v in found.state.items() if k != "rng"})
         resumed_from = st["step"]
@@ -286,6 +370,19 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                 reporter.report(value, int(step))
         if found.path.parent != ckpt_root:  # adopt the old trial's checkpoint as our own
             ckpt.save(ckpt_root, model=model, optimizer=optimizer, scaler=scaler, state=st)
+
+    # A bad loss is flagged on the device and read every `sync_every` steps: reading it every
+    # step would make the CPU wait for the GPU each time.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    checked = st["step"]
+
+    def check_finite(lr: float) -> None:
+        nonlocal checked
+        if bool(nonfinite):
+            where = (f"at step {st['step']}" if checked + 1 == st["step"]
+                     else f"between steps {checked + 1} and {st['step']}")
+            raise TrialStopped("nan_loss", f"loss is not finite {where} (lr {lr:.3g})")
+        checked = st["step"]
 
     def save_checkpoint() -> None:
         try:
@@ -305,37 +402,44 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
 
     bar = tqdm(total=total, initial=st["step"], desc=out_dir.name, leave=False,
                disable=None if cfg.progress else True, dynamic_ncols=True)
-    log_every = max(1, total // 100)
     window_tokens, window_t0 = 0, time.perf_counter()
+    shapes_run: set[tuple[int, ...]] = set()
     model.train()
     t_start = time.perf_counter() - st["train_seconds"]
     stopped_early = False
     try:
         while st["step"] < total:
             idx = epochs[st["epoch"]][st["batch"]]
-            batch = collate(prep.train, idx, pad_id)
-            n_tokens = int(batch["attention_mask"].sum())
+            batch = make_batch(idx)
+            n_tokens = int(lengths[idx].sum())
             if device.type == "cuda":
                 batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
             lr = lr_at(st["step"], cfg, total, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            with _autocast(device, amp):
-                loss = net(**batch).loss
-            if not torch.isfinite(loss):
-                raise TrialStopped(
-                    "nan_loss", f"loss is {loss.item()} at step {st['step']} (lr {lr:.3g})"
-                )
+            shape = tuple(batch["input_ids"].shape)
+            if plan.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            try:
+                loss = _forward_backward(net, batch, device, amp, scaler)
+            except Exception as e:  # a shape's first compile can fail; eager always works
+                if net is model or shape in shapes_run or isinstance(e, torch.OutOfMemoryError):
+                    raise
+                log.warning("torch.compile failed, continuing without it: %s: %s",
+                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                net = model
+                plan.graphs = False
+                optimizer.zero_grad(set_to_none=True)
+                loss = _forward_backward(model, batch, device, amp, scaler)
+            shapes_run.add(shape)
+            nonfinite.logical_or_(~torch.isfinite(loss.detach()))
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if cfg.max_grad_norm
-                else float("nan")
+                else None
             )
             if scaler is not None:
                 scaler.step(optimizer)
@@ -353,18 +457,28 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                 st["epoch"] += 1
                 st["batch"] = 0
             bar.update(1)
+            if on_step is not None:
+                on_step(st["step"], st["train_tokens"])
+
+            due_eval = (
+                st["step"] % cfg.eval_every == 0 if cfg.eval_every else epoch_done
+            ) or st["step"] == total
+            due_ckpt = st["step"] < total and (
+                due_eval or (cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0)
+            )
+            if due_eval or due_ckpt or st["step"] % sync_every == 0:
+                check_finite(lr)
 
             if st["step"] % log_every == 0:
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_t0, 1e-9)
                 window_tokens, window_t0 = 0, now
-                bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tps:,.0f}")
-                metrics.write(step=st["step"], loss=loss.item(), lr=lr, grad_norm=grad_norm,
+                loss_value = loss.item()
+                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}")
+                metrics.write(step=st["step"], loss=loss_value, lr=lr,
+                              grad_norm=float(grad_norm) if grad_norm is not None else None,
                               tokens_per_s=tps, epoch=st["epoch"])
 
-            due_eval = (
-                st["step"] % cfg.eval_every == 0 if cfg.eval_every else epoch_done
-            ) or st["step"] == total
             if due_eval:
                 scores = evaluate(model, prep.val, prep.val_gold, prep.labels, **eval_kw)
                 value = float(scores[metric])
@@ -390,11 +504,10 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                     stopped_early = True
                     break
             st["train_seconds"] = time.perf_counter() - t_start
-            if st["step"] < total and (
-                due_eval or (cfg.checkpoint_every and st["step"] % cfg.checkpoint_every == 0)
-            ):
+            if due_ckpt:
                 save_checkpoint()
             if should_stop():
+                check_finite(lr)
                 save_checkpoint()
                 log.info("stop requested; checkpoint written at step %d", st["step"])
                 raise Interrupted(f"stopped at step {st['step']}")
@@ -402,7 +515,9 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
         bar.close()
 
     st["train_seconds"] = time.perf_counter() - t_start
-    log.info("done: best %s %.4f at step %d", metric, st["best"], st["best_step"])
+    log.info("done: best %s %.4f at step %d (%d tokens, %.0f tokens/s)", metric, st["best"],
+             st["best_step"], st["train_tokens"],
+             st["train_tokens"] / max(st["train_seconds"], 1e-9))
     return TrialResult(
         value=float(st["best"]),
         best_step=st["best_step"],
