@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import optuna
 
-from hpsearch.backends.bayes import BayesOptSampler
 from hpsearch.config import BayesBackend, OptunaBackend, StudyConfig
 
 __all__ = ["BayesOptSampler", "make_sampler"]
 
 
+def __getattr__(name: str):
+    # bayes_opt pulls in scikit-learn and SciPy (over a second): only studies that use it pay.
+    if name == "BayesOptSampler":
+        from hpsearch.backends.bayes import BayesOptSampler
+
+        return BayesOptSampler
+    raise AttributeError(name)
+
+
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     b = cfg.backend
     if isinstance(b, BayesBackend):
+        from hpsearch.backends.bayes import BayesOptSampler
+
         return BayesOptSampler(
             acquisition=b.acquisition,
             kappa=b.kappa,
