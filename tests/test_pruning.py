@@ -1,0 +1,203 @@
+"""Pruning on validation F1: hopeless trials stop early, are recorded PRUNED, and free their disk.
+
+Trials here are the tiny study of conftest (16 optimizer steps, evaluated every 4 or every 2),
+with parameters enqueued so that which trials are hopeless is known in advance: a learning rate
+of 1e-5 or below learns nothing in 16 steps on the demo data, 1e-2 reaches F1 ~0.5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from conftest import study_dict
+from optuna.trial import TrialState
+
+from hpsearch import study as hs
+from hpsearch.backends.bayes import BayesOptSampler, _Axis
+from hpsearch.config import parse_study
+from hpsearch.pruners import make_pruner
+from hpsearch.trainer import prepare
+
+GOOD, BAD = 1e-2, 1e-6
+
+
+def _cfg(tmp_path: Path, demo_dir: Path, pruner, *, eval_every: int = 4, **over):
+    trainer = {"eval_every": eval_every, **over.pop("trainer", {})}
+    space = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": True},
+             "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}
+    d = study_dict(tmp_path, demo_dir, pruner=pruner, trainer=trainer, search_space=space,
+                   **over)
+    return parse_study(d)
+
+
+def _enqueue(cfg, lrs: list[float]) -> None:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    study = hs.open_study(cfg, create=True)
+    for lr in lrs:
+        study.enqueue_trial({"learning_rate": lr, "weight_decay": 0.01})
+
+
+def _stored(cfg) -> list[optuna.trial.FrozenTrial]:
+    """The trials as another process would read them back from the database."""
+    return optuna.load_study(study_name=cfg.name, storage=cfg.storage_url).get_trials()
+
+
+def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
+    # keep: all keeps every finished trial's checkpoints; a pruned trial's go all the same.
+    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 2},
+               n_trials=4, keep="all")
+    _enqueue(cfg, [GOOD, 2 * GOOD, BAD, 10 * BAD])
+    hs.run(cfg)
+    trials = _stored(cfg)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
+    eval_steps = [4, 8, 12, 16]
+    for t in trials:
+        # One step scale for every trial: optimizer steps, at the same evaluations.
+        assert sorted(t.intermediate_values) == eval_steps[: len(t.intermediate_values)]
+        ckpts = Path(t.system_attrs["hpsearch:trial_dir"]) / "checkpoints"
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == eval_steps and ckpts.is_dir()
+            continue
+        # Stopped at the first evaluation, recorded with its last F1 and step, disk freed.
+        step = t.user_attrs["pruned_step"]
+        assert step == t.last_step == 4
+        assert t.value == t.intermediate_values[step] < min(x.value for x in trials[:2])
+        assert not ckpts.exists()
+
+
+def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
+    pruner = {"name": "threshold", "lower": 0.2, "n_warmup_steps": 8}
+    cfg = _cfg(tmp_path, demo_dir, pruner, n_trials=2)
+    _enqueue(cfg, [BAD, GOOD])
+    hs.run(cfg)
+    bad, good = _stored(cfg)
+    assert bad.state == TrialState.PRUNED
+    # Below the bound from the start, but judged only once the warm-up is over.
+    assert sorted(bad.intermediate_values) == [4, 8] and bad.user_attrs["pruned_step"] == 8
+    assert max(bad.intermediate_values.values()) < 0.2
+    assert good.state == TrialState.COMPLETE and good.value >= 0.2
+
+
+def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
+    """`patient` prunes when the last patience+1 F1s are all below an earlier one.
+
+    With learning rate 0.2 the model predicts a few entities at first and then only ``O``. The
+    interrupted run is stopped one evaluation before the uninterrupted run was pruned; after
+    resuming it has a single evaluation of its own, which alone can never trigger `patient`
+    (it needs patience + 2 values), so it is pruned at the same step only if the history
+    reported before the interruption is part of the decision.
+    """
+    pruner = {"name": "patient", "patience": 1}
+    lr = {"learning_rate": 0.2, "weight_decay": 0.01}
+
+    ref_cfg = _cfg(tmp_path / "ref", demo_dir, pruner, eval_every=2, n_trials=1)
+    _enqueue(ref_cfg, [lr["learning_rate"]])
+    hs.run(ref_cfg)
+    (ref,) = _stored(ref_cfg)
+    assert ref.state == TrialState.PRUNED, f"precondition: F1 curve {ref.intermediate_values}"
+    pruned_at = ref.user_attrs["pruned_step"]
+    assert pruned_at >= 6  # patience 1 needs three evaluations
+
+    cfg = _cfg(tmp_path / "cut", demo_dir, pruner, eval_every=2, n_trials=1)
+    _enqueue(cfg, [lr["learning_rate"]])
+    study = hs.open_study(cfg)
+    prep = prepare(cfg.trainer, hs.data_dir(cfg), cfg.out / "cache")
+    steps = iter(range(1, 10**6))
+    stop_at = pruned_at - 2  # the evaluation before the one that pruned
+    with pytest.raises(hs.StudyInterrupted):
+        hs.run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= stop_at)
+    hs.run(cfg)  # what `hpsearch run` does next: the continuation resumes
+
+    first, cont = _stored(cfg)
+    assert first.system_attrs["hpsearch:fail_reason"] == "interrupted"
+    assert sorted(first.intermediate_values) == list(range(2, stop_at + 1, 2))
+    assert cont.system_attrs["hpsearch:retry_of"] == first.number
+    assert cont.state == TrialState.PRUNED and cont.user_attrs["pruned_step"] == pruned_at
+    assert cont.intermediate_values == ref.intermediate_values  # the history, carried over
+    assert len([s for s in cont.intermediate_values if s > stop_at]) < pruner["patience"] + 2
+
+
+def _gp_view(study: optuna.Study, policy: str) -> dict[float, float]:
+    """learning_rate -> target, for every finished trial the bayes GP is fitted on."""
+    sampler = BayesOptSampler(pruned_trials=policy, seed=0)
+    space = sampler.infer_relative_search_space(study, None)
+    x, y, _ = sampler._observations(study, SimpleNamespace(number=-1), space)
+    axis, col = _Axis(space["learning_rate"]), list(space).index("learning_rate")
+    by_x = {round(float(xi), 9): float(yi) for xi, yi in zip(x[:, col], y, strict=True)}
+    lrs = [t.params["learning_rate"] for t in study.get_trials()]
+    return {lr: by_x[k] for lr in lrs if (k := round(axis.encode(lr), 9)) in by_x}
+
+
+def test_bayes_backend_prunes_and_its_gp_sees_last_f1_or_nothing(tmp_path, demo_dir):
+    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 1}, n_trials=4,
+               backend={"name": "bayes", "n_random_init": 2})
+    _enqueue(cfg, [GOOD, BAD, 2 * BAD])  # the fourth trial is the GP's own proposal
+    hs.run(cfg)
+    trials = _stored(cfg)
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 2
+    assert trials[3].system_attrs["hpsearch:sampled_by"] == "bayes_opt"
+    assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    seen = _gp_view(study, "last_value")
+    for t in trials:
+        if t.state == TrialState.PRUNED:  # its last reported F1, i.e. the value it was told
+            assert seen[t.params["learning_rate"]] == t.intermediate_values[t.last_step]
+        else:
+            assert seen[t.params["learning_rate"]] == t.value
+    hidden = _gp_view(study, "ignore")
+    assert set(hidden) == {t.params["learning_rate"] for t in trials
+                           if t.state == TrialState.COMPLETE}
+
+
+PRUNERS = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+    "patient": optuna.pruners.PatientPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_pruner_name_builds(tmp_path, name):
+    extra = {"threshold": {"lower": 0.1}, "patient": {"wrapped": {"name": "median"}}}
+    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner={"name": name,
+                                                             **extra.get(name, {})}))
+    assert isinstance(make_pruner(cfg.pruner), PRUNERS[name])
+
+
+def _curve_study(pruner) -> optuna.Study:
+    """One finished trial evaluated every 15 steps up to 150, as the trainer reports it."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.add_trial(optuna.trial.create_trial(
+        value=0.8, intermediate_values={s: 0.8 * s / 150 for s in range(15, 151, 15)}))
+    return study
+
+
+@pytest.mark.parametrize("name", ["hyperband", "successive_halving"])
+def test_auto_min_resource_is_the_first_evaluation(tmp_path, name):
+    """Rungs start at the first evaluation, not at step 1: one rung judged per evaluation."""
+    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner=name))
+    study = _curve_study(make_pruner(cfg.pruner))
+    good, bad = study.ask(), study.ask()
+    for t, v in ((good, 0.5), (bad, 0.0)):
+        t.report(v, 15)
+        t.should_prune()
+    rungs = [k for k in study._storage.get_trial(bad._trial_id).system_attrs
+             if k.startswith("completed_rung_")]
+    # Successive halving judges rung 0 there; a Hyperband bracket at most its first rung.
+    assert len(rungs) == 1 if name == "successive_halving" else len(rungs) <= 1
+    # Optuna's own default (min_resource=1) judges rungs at steps 1, 3 and 9 at step 15.
+    plain = _curve_study(optuna.pruners.SuccessiveHalvingPruner(1, 3))
+    t = plain.ask()
+    t.report(0.5, 15)
+    t.should_prune()
+    assert len([k for k in plain._storage.get_trial(t._trial_id).system_attrs
+                if k.startswith("completed_rung_")]) == 3
