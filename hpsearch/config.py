@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 class ConfigError(ValueError):
     """A study file problem, already phrased as the one line the user should see."""
 
+    def __init__(self, message: str):
+        # Messages quote user input (values, library errors) that may hold line breaks.
+        super().__init__(" ".join(str(message).splitlines()))
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -385,11 +389,18 @@ def expand_env(text: str, where: str) -> str:
     return _ENV.sub(sub, text)
 
 
+def _key(k: Any) -> str:
+    """A key as the user can find it again: plain names as they are, odd ones quoted."""
+    text = str(k)
+    return text if text.isprintable() and text.strip() == text and text else repr(k)
+
+
 def _expand_all(data: Any, where: str) -> Any:
     if isinstance(data, str):
         return expand_env(data, where)
     if isinstance(data, dict):
-        return {k: _expand_all(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+        return {k: _expand_all(v, f"{where}.{_key(k)}" if where else _key(k))
+                for k, v in data.items()}
     if isinstance(data, list):
         return [_expand_all(v, where) for v in data]
     return data
@@ -398,7 +409,7 @@ def _expand_all(data: Any, where: str) -> Any:
 def _loc(loc: tuple[Any, ...]) -> str:
     # pydantic puts the discriminator's tag in the location (backend.bayes.kappa); users
     # wrote backend.kappa, so tags of tagged unions are dropped.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and p in _UNION_TAGS)]
+    parts = [_key(p) for p in loc if not (isinstance(p, str) and p in _UNION_TAGS)]
     return ".".join(parts)
 
 
@@ -425,7 +436,7 @@ def parse_study(data: Any, source: str = "<study>") -> StudyConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of study settings at the top level")
     try:
-        data = {k: _expand_all(v, str(k)) for k, v in data.items()}
+        data = {k: _expand_all(v, _key(k)) for k, v in data.items()}
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     try:

@@ -1,0 +1,44 @@
+"""One study name, two different searches: refused before any trial starts, with the differences."""
+
+from __future__ import annotations
+
+import yaml
+from helpers import cli, tiny_study, trials
+from optuna.trial import TrialState
+
+
+def test_two_study_files_one_study_name_different_spaces_is_refused(tmp_path, demo_dir):
+    first = tiny_study(tmp_path, demo_dir, n_trials=1)
+    assert cli("run", str(first)).exit_code == 0
+    d = yaml.safe_load(first.read_text())
+    d["search_space"]["warmup_ratio"] = {"type": "float", "low": 0.0, "high": 0.2}
+    second = tmp_path / "other.yaml"
+    second.write_text(yaml.safe_dump({**d, "n_trials": 3}))
+
+    r = cli("run", str(second))
+    assert r.exit_code == 2
+    msg = r.stderr.strip()
+    assert msg.count("\n") == 0 and "study 't' was run with other settings" in msg
+    assert "search_space.warmup_ratio" in msg
+    # Nothing started, nothing lost.
+    assert [t.state for t in trials(first)] == [TrialState.COMPLETE]
+
+
+def test_edited_study_file_is_refused_unless_allow_changes(tmp_path, demo_dir):
+    path = tiny_study(tmp_path, demo_dir, n_trials=1)
+    assert cli("run", str(path)).exit_code == 0
+    d = yaml.safe_load(path.read_text())
+    d["n_trials"] = 2
+    d["search_space"]["learning_rate"]["high"] = 0.05
+    d["trainer"]["max_epochs"] = 2
+    path.write_text(yaml.safe_dump(d))
+
+    r = cli("run", str(path))
+    assert r.exit_code == 2
+    assert "search_space.learning_rate.high: 0.01 -> 0.05" in r.stderr
+    assert "trainer.max_epochs: 1 -> 2" in r.stderr
+    assert len(trials(path)) == 1
+
+    r = cli("run", str(path), "--allow-changes")
+    assert r.exit_code == 0, r.output
+    assert [t.state for t in trials(path)] == [TrialState.COMPLETE] * 2
