@@ -78,9 +78,20 @@ def _save_atomic(obj, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        # transformers would build an empty vocabulary here and every word would be [UNK].
+        raise ModelSourceError(
+            f"trainer.model: no tokenizer in '{source}' (expected one of "
+            f"{', '.join(_TOKENIZER_FILES)}; save it with tokenizer.save_pretrained)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
