@@ -66,18 +66,70 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _pool_options(fn):
+    """--workers/--gpus/--trials-per-gpu: the same for starting a study and for joining one."""
+    for opt in reversed([
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes on this machine; each trial runs in its own process."),
+        click.option("--gpus", default=None, metavar="0,1,...",
+                     help="Pin workers to these GPUs (CUDA_VISIBLE_DEVICES), round robin."),
+        click.option("--trials-per-gpu", type=click.IntRange(min=1), default=1,
+                     show_default=True, help="Workers per GPU listed in --gpus (small models)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--allow-changes", is_flag=True, help="Continue although study.yaml changed.")
+@_pool_options
 @_errors
-def run(study_file: str, allow_changes: bool) -> None:
+def run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
+        trials_per_gpu: int) -> None:
     """Run (or continue) the study until it has n_trials trials in total."""
+    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, join=False)
+
+
+main.add_command(run, name="resume")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--allow-changes", is_flag=True, help="Continue although study.yaml changed.")
+@_pool_options
+@_errors
+def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
+           trials_per_gpu: int) -> None:
+    """Join a study that exists (from this or another machine) and run its trials."""
+    _run(study_file, allow_changes, workers or (None if gpus else 1), gpus, trials_per_gpu,
+         join=True)
+
+
+def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
+         trials_per_gpu: int, join: bool) -> None:
     from hpsearch import study as driver
     from hpsearch.storage import redact
 
     cfg = _load(study_file)
+    gpu_list = None
+    if gpus is not None:
+        gpu_list = [g.strip() for g in gpus.split(",")]
+        if not all(gpu_list):
+            raise ConfigError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. 0,1")
+    elif trials_per_gpu != 1:
+        raise ConfigError("--trials-per-gpu needs --gpus")
+    pooled = join or workers is not None or gpu_list is not None
+    slots: list = []
+    if pooled:
+        from hpsearch.workers import gpu_slots
+
+        slots = gpu_slots(gpu_list or [], workers, trials_per_gpu)
+    where = ""
+    if slots:
+        where = f", {len(slots)} worker(s)" + (f" on GPUs {','.join(gpu_list)}" if gpu_list else "")
     click.echo(f"study {cfg.name}: {cfg.n_trials} trials, backend {cfg.backend.name}, "
-               f"pruner {cfg.pruner.name}, storage {redact(cfg.storage_url)}")
+               f"pruner {cfg.pruner.name}, storage {redact(cfg.storage_url)}{where}")
 
     def on_trial(o, study) -> None:
         value = "-" if o.value is None else f"{o.value:.4f}"
@@ -88,11 +140,18 @@ def run(study_file: str, allow_changes: bool) -> None:
         best_txt = "" if best.best_value is None else (
             f"  best {best.best_value:.4f} (#{best.best_number})"
         )
+        who = f"  [{o.worker}]" if o.worker else ""
         click.echo(f"trial {o.number:>3}  {_fmt_params(o.params)}  {cfg.metric}={value}  "
-                   f"{o.state.name}{reason}  {o.seconds:.1f}s{best_txt}")
+                   f"{o.state.name}{reason}  {o.seconds:.1f}s{best_txt}{who}")
 
     try:
-        s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
+        if pooled:
+            from hpsearch.workers import run_pool
+
+            s = run_pool(cfg, slots, allow_changes=allow_changes, join=join, on_trial=on_trial,
+                         on_note=lambda msg: click.echo(msg, err=True))
+        else:
+            s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
     except driver.StudyInterrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -105,10 +164,6 @@ def run(study_file: str, allow_changes: bool) -> None:
         click.echo(f"best trial #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
                    f"{_fmt_params(s.best_params)}")
         click.echo(f"best model: {cfg.out / 'best-model'}")
-
-
-main.add_command(run, name="resume")
-main.add_command(run, name="worker")
 
 
 @main.command()

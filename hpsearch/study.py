@@ -5,6 +5,10 @@ finished study starts nothing, and raising ``n_trials`` by two runs exactly two 
 whose process died stays RUNNING in the database; the next run finds it (its process is gone,
 or its heartbeat went silent), marks it interrupted and queues a continuation with the same
 parameters that resumes from its last checkpoint. The interrupted trial does not count.
+
+Any number of processes may run the same study at once (``hpsearch.workers``): each claims
+its next trial with ``claim_trial``, which counts and asks under the study's lock, so
+``n_trials`` holds exactly whoever asks.
 """
 
 from __future__ import annotations
@@ -30,12 +34,19 @@ from hpsearch.backends import make_sampler
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
 from hpsearch.pruners import make_pruner
 from hpsearch.space import distributions, suggest
-from hpsearch.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, open_storage, redact
+from hpsearch.storage import (
+    GRACE_PERIOD,
+    HEARTBEAT_INTERVAL,
+    file_lock,
+    open_storage,
+    redact,
+    study_lock,
+)
 
 # System attributes hpsearch keeps on trials (the dashboard shows them too).
 A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
 A_DIR, A_REASON, A_RETRY_OF = "hpsearch:trial_dir", "hpsearch:fail_reason", "hpsearch:retry_of"
-A_CONFIG = "hpsearch:config"
+A_CONFIG, A_WORKER, A_WORKER_PID = "hpsearch:config", "hpsearch:worker", "hpsearch:worker_pid"
 INTERRUPTED = "interrupted"
 
 # hpsearch runs its own heartbeat thread around ask/tell (see Heartbeat below).
@@ -130,7 +141,12 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process nobody has reaped yet (a zombie) still answers kill(0).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def is_dead(t: FrozenTrial, now: float | None = None) -> bool:
@@ -139,9 +155,11 @@ def is_dead(t: FrozenTrial, now: float | None = None) -> bool:
         return False
     attrs = t.system_attrs
     if attrs.get(A_HOST) == socket.gethostname() and A_PID in attrs:
-        if attrs[A_PID] == os.getpid():
+        pids = {int(attrs[A_PID]), int(attrs.get(A_WORKER_PID, attrs[A_PID]))}
+        if os.getpid() in pids:
             return False
-        if not _process_alive(int(attrs[A_PID])):
+        # A trial process that crashed under a live worker is that worker's to report.
+        if not any(_process_alive(pid) for pid in pids):
             return True
     beat = attrs.get(A_BEAT)
     if beat is None and t.datetime_start is not None:
@@ -168,6 +186,14 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
         queue_continuation(study, t)
         queued.append(t.number)
     return queued
+
+
+def interrupt(study: optuna.Study, trial_id: int) -> None:
+    """Mark a trial we own interrupted and queue its continuation (from its last checkpoint)."""
+    storage = study._storage
+    storage.set_trial_system_attr(trial_id, A_REASON, INTERRUPTED)
+    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    queue_continuation(study, storage.get_trial(trial_id))
 
 
 def queue_continuation(study: optuna.Study, t: FrozenTrial) -> None:
@@ -214,6 +240,62 @@ class Heartbeat:
         self._thread.join()
 
 
+# ----------------------------------------------------------------------------- claiming
+
+
+# Samplers whose only state is a random stream: seeded per trial (see trial_sampler).
+_STREAM_SAMPLERS = ("random", "tpe", "gp", "cmaes")
+
+
+def trial_sampler(cfg: StudyConfig, number: int) -> optuna.samplers.BaseSampler:
+    """The sampler that proposes trial ``number``, seeded by (study seed, trial number).
+
+    A sampler built once per process replays the same random stream in every process: four
+    workers started with ``seed: 0`` would propose four identical first trials, and a study
+    restarted after a crash would repeat its first trials' points. Seeding by trial number
+    gives every trial its own draw, the same whichever process asks. The bayes backend already
+    derives its randomness from the trial number and QMC's scramble must stay fixed.
+    """
+    backend = cfg.backend
+    if getattr(backend, "sampler", None) not in _STREAM_SAMPLERS:
+        return make_sampler(cfg)
+    import numpy as np
+
+    seed = int(np.random.SeedSequence([cfg.seed, number]).generate_state(1)[0])
+    return make_sampler(cfg.model_copy(update={"seed": seed}))
+
+
+def claim_trial(
+    study: optuna.Study, cfg: StudyConfig, worker: str | None = None
+) -> tuple[optuna.Trial | None, list[int]]:
+    """The next trial this process should run, or None when the study needs no more.
+
+    Recovery, the count and the ask happen under the study lock: without it two workers could
+    both see one trial left and both ask. The parameters are suggested under the lock too,
+    so the next sampler (TPE's or bayes' constant liar) sees them as pending. Returns the
+    trial and the numbers of dead trials recovered on the way.
+    """
+    with study_lock(cfg.storage_url, cfg.name):
+        recovered = recover_interrupted(study)
+        if not work_left(study, cfg.n_trials):
+            return None, recovered
+        study.sampler = trial_sampler(cfg, len(study.get_trials(deepcopy=False)))
+        trial = study.ask()
+        storage = study._storage
+        for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
+                     (A_WORKER_PID, os.getpid()),
+                     (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}")):
+            storage.set_trial_system_attr(trial._trial_id, k, v)
+        suggest(trial, cfg.search_space)
+    return trial, recovered
+
+
+def others_running(study: optuna.Study) -> bool:
+    """Trials in flight somewhere: one may still die and need a continuation."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,
+                                                         TrialState.WAITING)))
+
+
 # ----------------------------------------------------------------------------- one trial
 
 
@@ -226,6 +308,7 @@ class TrialOutcome:
     seconds: float
     reason: str | None = None
     resumed_from_step: int | None = None
+    worker: str | None = None
 
 
 class StopRequest:
@@ -303,9 +386,7 @@ def run_trial(
             study.tell(trial, state=TrialState.FAIL)
             return done(TrialState.FAIL, None, e.reason)
         except Interrupted as e:
-            storage.set_trial_system_attr(trial._trial_id, A_REASON, INTERRUPTED)
-            study.tell(trial, state=TrialState.FAIL)
-            queue_continuation(study, study._storage.get_trial(trial._trial_id))
+            interrupt(study, trial._trial_id)
             raise StudyInterrupted(f"trial {trial.number} checkpointed; run again to resume") from e
         except Exception as e:
             reason = "oom" if isinstance(e, MemoryError | _oom_error()) else "error"
@@ -342,7 +423,16 @@ def _scores_attr(scores: dict) -> dict:
 
 
 def tidy(study: optuna.Study, cfg: StudyConfig) -> None:
-    """Drop what no later step needs; export the best trial's model as a plain HF folder."""
+    """Drop what no later step needs; export the best trial's model as a plain HF folder.
+
+    Workers sharing the output folder tidy one at a time, so that one does not delete the
+    weights another is exporting, nor two write the same temporary folder.
+    """
+    with file_lock(cfg.out / ".tidy.lock"):
+        _tidy(study, cfg)
+
+
+def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
     trials = study.get_trials(deepcopy=False)
     try:
         best = study.best_trial
@@ -413,6 +503,22 @@ class RunSummary:
     best_number: int | None
 
 
+def start_study(cfg: StudyConfig, *, allow_changes: bool = False,
+                create: bool = True) -> optuna.Study:
+    """Open (or create) the study for running, after checking the settings did not change."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg, create=create)
+    check_unchanged(study, cfg, allow_changes)
+    for k, v in (("backend", cfg.backend.name), ("pruner", cfg.pruner.name),
+                 ("metric", cfg.metric)):
+        if study.user_attrs.get(k) != v:
+            study.set_user_attr(k, v)
+    space = json.dumps({k: repr(d) for k, d in distributions(cfg.search_space).items()})
+    if study.user_attrs.get("search_space") != space:
+        study.set_user_attr("search_space", space)
+    return study
+
+
 def run(
     cfg: StudyConfig,
     *,
@@ -420,16 +526,9 @@ def run(
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
 ) -> RunSummary:
     """Run the study up to ``cfg.n_trials`` trials in total; safe to call again after a stop."""
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    study = open_study(cfg, create=True)
-    check_unchanged(study, cfg, allow_changes)
-    study.set_user_attr("backend", cfg.backend.name)
-    study.set_user_attr("pruner", cfg.pruner.name)
-    study.set_user_attr("metric", cfg.metric)
-    study.set_user_attr(
-        "search_space", json.dumps({k: repr(d) for k, d in distributions(cfg.search_space).items()})
-    )
-    recovered = recover_interrupted(study)
+    study = start_study(cfg, allow_changes=allow_changes)
+    with study_lock(cfg.storage_url, cfg.name):
+        recovered = recover_interrupted(study)
 
     from hpsearch.trainer import prepare
 
@@ -442,13 +541,15 @@ def run(
                 break
             if prep is None:  # after the count check: a finished study touches no data
                 prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
-            trial = study.ask()
+            trial, more = claim_trial(study, cfg)
+            recovered += more
+            if trial is None:
+                break
             outcome = run_trial(study, trial, cfg, prep, stop)
             ran.append(outcome)
             tidy(study, cfg)
             if on_trial is not None:
                 on_trial(outcome, study)
-            recovered += recover_interrupted(study)
     return summarize(study, cfg, ran, recovered)
 
 

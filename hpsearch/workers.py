@@ -1,0 +1,305 @@
+"""Many processes, one study: a pool of workers on this machine, each trial in its own process.
+
+``hpsearch run STUDY.yaml --workers 4`` starts four workers that share the study through its
+storage, exactly like four ``hpsearch worker`` commands on four machines would. Each worker
+claims a trial (``study.claim_trial``: count and ask under the study lock, so ``n_trials``
+holds), runs it in a child process and waits for it. A crash, an OOM kill or GPU memory that
+a trial leaks ends with that child; the worker records the failure and claims the next trial.
+
+Why fork: a fresh interpreter spends seconds importing torch and transformers and reading the
+tokenized data back. The pool's main process imports them and prepares the data once; workers
+are forks of it and each trial a fork of its worker, which starts in milliseconds and shares
+those pages copy-on-write. Nothing before the trial touches CUDA, which is what makes forking
+safe on a GPU machine; the trial initialises CUDA in its own process and frees all of it when
+it exits. Where fork is not the platform's way (macOS, Windows), processes are spawned.
+
+Stopping. Workers run in their own process group, so a Ctrl-C in the terminal reaches the
+main process only, and every process gets exactly one request per press. First request: the
+main process asks each worker to stop (SIGTERM), each worker asks its running trial, the trial
+checkpoints, marks itself interrupted and queues its continuation, and the run exits 130. A
+second request kills the workers at once; their trials stay RUNNING and the next run resumes
+them. Every process dies with its parent (PR_SET_PDEATHSIG), so a killed worker leaves no
+training behind, and its trial (both processes gone) is recovered by any other worker.
+
+A worker that finds nothing left to claim waits while other trials are still running: if one
+of their workers dies, someone has to run the continuation.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from multiprocessing.connection import wait
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch import study as driver
+from hpsearch.config import StudyConfig
+from hpsearch.storage import study_lock
+
+A_GPU = "hpsearch:cuda_visible_devices"
+POLL = 1.0  # seconds between looks at a study that has nothing to claim but trials in flight
+
+
+def _context() -> mp.context.BaseContext:
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill us when our parent dies (Linux); elsewhere check once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was in place
+        os._exit(1)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the kernel's OOM killer sends this)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+def preload(cfg: StudyConfig) -> None:
+    """Import what a trial imports, once, before forking: transformers loads model code lazily,
+    and BERT's module alone takes seconds, which every fresh trial process would pay again."""
+    import transformers
+
+    from hpsearch.trainer import loop  # noqa: F401  (torch, seqeval, safetensors)
+
+    if cfg.trainer.model == "scratch":
+        transformers.BertForTokenClassification  # noqa: B018  (the attribute is the import)
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING
+
+    from hpsearch.trainer.modeling import resolve_source
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(resolve_source(cfg.trainer.model))
+        MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING[type(config)]
+    except Exception:  # the trial reports a bad model source properly; this is only a warm-up
+        pass
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def _trial_process(cfg: StudyConfig, trial_id: int, prep, conn, parent: int) -> None:
+    """The child that trains one trial and reports it; everything it allocates dies with it."""
+    _die_with_parent(parent)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers, until StopRequest's
+    study = driver.open_study(cfg)
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # what this trial could see, for the record
+        study._storage.set_trial_system_attr(trial_id, A_GPU, os.environ["CUDA_VISIBLE_DEVICES"])
+    trial = optuna.Trial(study, trial_id)
+    code = 0
+    with driver.StopRequest() as stop:
+        try:
+            outcome = driver.run_trial(study, trial, cfg, prep, stop)
+        except driver.StudyInterrupted:
+            t = study._storage.get_trial(trial_id)
+            outcome = driver.TrialOutcome(t.number, t.state, None, t.params, 0.0,
+                                          driver.INTERRUPTED)
+            code = 130
+    if code == 0:
+        driver.tidy(study, cfg)
+    conn.send(outcome)
+    conn.close()
+    sys.exit(code)
+
+
+def _after_exit(study: optuna.Study, trial: optuna.Trial, exitcode: int | None,
+                stopping: bool, seconds: float) -> driver.TrialOutcome:
+    """The outcome of a trial whose process ended without reporting one."""
+    storage = study._storage
+    t = storage.get_trial(trial._trial_id)
+    if t.state == TrialState.RUNNING:
+        if stopping:  # stopped before it could checkpoint: resume from the last one there is
+            driver.interrupt(study, trial._trial_id)
+        else:
+            why = f"trial process died: {_describe_exit(exitcode)}"
+            trial.set_user_attr("fail_reason", "crashed")
+            trial.set_user_attr("error", why)
+            storage.set_trial_system_attr(trial._trial_id, driver.A_REASON, "crashed")
+            study.tell(trial, state=TrialState.FAIL)
+        t = storage.get_trial(trial._trial_id)
+    return driver.TrialOutcome(t.number, t.state, t.value, t.params, seconds,
+                               t.system_attrs.get(driver.A_REASON))
+
+
+# ----------------------------------------------------------------------------- one worker
+
+
+def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline: float | None,
+            parent: int) -> None:
+    """Claim, run in a child, report; until the study needs nothing more from anyone."""
+    _die_with_parent(parent)
+    os.setpgid(0, 0)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    label = f"w{index}" + (f"/gpu{gpu}" if gpu is not None else "")
+    ctx = _context()
+    state: dict = {"stop": False, "child": None}
+
+    def on_signal(signum, frame) -> None:
+        child = state["child"]
+        if state["stop"]:  # second request: stop at once; the trial is recovered later
+            if child is not None and child.pid:
+                os.kill(child.pid, signal.SIGKILL)
+            os._exit(130)
+        state["stop"] = True
+        if child is not None and child.pid:
+            os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    study = driver.open_study(cfg)
+    worker_name = f"{socket.gethostname()}:{os.getpid()} {label}"
+    while not state["stop"]:
+        if deadline is not None and time.time() >= deadline:
+            break
+        trial, recovered = driver.claim_trial(study, cfg, worker=worker_name)
+        if recovered:
+            conn.send(("recovered", recovered))
+        if trial is None:
+            if driver.others_running(study):
+                time.sleep(POLL)
+                continue
+            break
+        if state["stop"]:
+            driver.interrupt(study, trial._trial_id)
+            break
+        t0 = time.time()
+        recv, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_trial_process, name=f"hpsearch-trial-{trial.number}",
+                            args=(cfg, trial._trial_id, prep, send, os.getpid()))
+        state["child"] = child
+        child.start()
+        send.close()
+        if state["stop"]:
+            os.kill(child.pid, signal.SIGTERM)
+        try:
+            outcome = recv.recv()  # returns when the child reports, or at EOF when it dies
+        except EOFError:
+            outcome = None
+        child.join()
+        state["child"] = None
+        recv.close()
+        if outcome is None:
+            outcome = _after_exit(study, trial, child.exitcode, state["stop"], time.time() - t0)
+        conn.send(("trial", replace(outcome, worker=label)))
+    conn.close()
+    sys.exit(130 if state["stop"] else 0)
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+def gpu_slots(gpus: Sequence[str], workers: int | None, trials_per_gpu: int) -> list[str | None]:
+    """Which GPU each worker sees: ``trials_per_gpu`` workers per listed GPU, round robin."""
+    if not gpus:
+        return [None] * (workers or 1)
+    n = workers or len(gpus) * trials_per_gpu
+    return [gpus[i % len(gpus)] for i in range(n)]
+
+
+def run_pool(
+    cfg: StudyConfig,
+    slots: Sequence[str | None],
+    *,
+    allow_changes: bool = False,
+    join: bool = False,
+    on_trial: Callable[[driver.TrialOutcome, optuna.Study], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> driver.RunSummary:
+    """Run the study with one worker per slot (a GPU id or None) until it needs no more trials.
+
+    ``join`` only joins a study that exists (``hpsearch worker``): a mistyped name on a second
+    machine must not start a study of its own. Raises ``StudyInterrupted`` after a Ctrl-C.
+    """
+    note = on_note or (lambda msg: None)
+    study = driver.start_study(cfg, allow_changes=allow_changes, create=not join)
+    with study_lock(cfg.storage_url, cfg.name):
+        recovered = driver.recover_interrupted(study)
+    ran: list[driver.TrialOutcome] = []
+    if not driver.work_left(study, cfg.n_trials):
+        return driver.summarize(study, cfg, ran, recovered)
+
+    from hpsearch.trainer import prepare
+
+    # The tokenizer's thread pool does not survive fork; the trials do not need it.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    prep = prepare(cfg.trainer, driver.data_dir(cfg), cfg.out / "cache")
+    preload(cfg)
+    deadline = time.time() + cfg.timeout if cfg.timeout else None
+
+    ctx = _context()
+    procs: dict[int, tuple[int, mp.process.BaseProcess]] = {}
+    readers = {}
+    for i, gpu in enumerate(slots):
+        recv, send = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, name=f"hpsearch-worker-{i}",
+                        args=(cfg, i, gpu, send, prep, deadline, os.getpid()))
+        p.start()
+        send.close()
+        procs[p.sentinel] = (i, p)
+        readers[recv] = i
+
+    stops = {"n": 0}
+
+    def on_signal(signum, frame) -> None:
+        stops["n"] += 1
+        first = stops["n"] == 1
+        if first:
+            note("stopping: the running trials write a checkpoint "
+                 "(press Ctrl-C again to stop at once)")
+        for _, p in procs.values():
+            if p.pid and p.exitcode is None:
+                os.kill(p.pid, signal.SIGTERM if first else signal.SIGKILL)
+
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while procs or readers:
+            for obj in wait([*readers, *procs], timeout=POLL):
+                if obj in readers:
+                    try:
+                        kind, payload = obj.recv()
+                    except EOFError:
+                        del readers[obj]
+                        continue
+                    if kind == "trial":
+                        ran.append(payload)
+                        if on_trial is not None:
+                            on_trial(payload, study)
+                    else:
+                        recovered += payload
+                else:
+                    i, p = procs.pop(obj)
+                    p.join()
+                    if p.exitcode not in (0, 130) or (p.exitcode == 130 and not stops["n"]):
+                        note(f"worker {i} (pid {p.pid}) ended: {_describe_exit(p.exitcode)}; "
+                             "its trial is resumed by another worker or the next run")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if stops["n"] >= 2:
+        raise driver.StudyInterrupted("stopped at once; run again to resume the trials")
+    driver.tidy(study, cfg)
+    if stops["n"] and driver.work_left(study, cfg.n_trials):
+        raise driver.StudyInterrupted("the running trials checkpointed; run again to resume")
+    return driver.summarize(study, cfg, ran, recovered)

@@ -1,0 +1,242 @@
+"""Many workers, one study: exact trial counts on SQLite, journal and a real PostgreSQL server;
+a killed worker's trial resumed by a survivor; concurrent asks that never propose one point twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+import pg
+import pytest
+import yaml
+from conftest import REPO, hpsearch, study_dict
+from optuna.trial import TrialState
+
+from hpsearch import study as driver
+from hpsearch.config import load_study, parse_study
+from hpsearch.trainer.checkpoint import list_checkpoints
+from hpsearch.workers import gpu_slots
+
+# Claims outside Study.optimize: Optuna's heartbeat warning is expected and says nothing here.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+# A trial of a few tenths of a second: what is measured here is the orchestration.
+TINY = {"train_limit": 40, "val_limit": 20, "max_epochs": 1}
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    try:
+        server = pg.start_server()
+    except pg.Unavailable as e:
+        msg = f"POSTGRESQL TESTS SKIPPED: {e}"
+        warnings.warn(msg, stacklevel=1)
+        print(f"\n{'!' * 80}\n{msg}\n{'!' * 80}", file=sys.__stderr__)
+        pytest.skip(msg)
+    yield server
+    server.stop()
+
+
+def _write(tmp_path: Path, demo_dir: Path, **over) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study_dict(tmp_path, demo_dir, **over)))
+    return path
+
+
+def _trials(path: Path, env: dict | None = None) -> list[optuna.trial.FrozenTrial]:
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        cfg = load_study(path)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return optuna.load_study(study_name=cfg.name, storage=driver.open_storage(cfg.storage_url)
+                             ).get_trials()
+
+
+def _assert_exact(trials, n: int) -> None:
+    """n finished trials, numbered 0..n-1, nothing lost, nothing run twice."""
+    assert [t.number for t in trials] == list(range(n))
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
+    points = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(points) == n  # no two trials with the same parameters
+    dirs = {t.system_attrs[driver.A_DIR] for t in trials}
+    assert len(dirs) == n and all(Path(d, "metrics.jsonl").exists() for d in dirs)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
+    env = {}
+    storage = None
+    if kind == "journal":
+        storage = f"journal:{tmp_path / 'study.journal'}"
+    elif kind == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        # The password comes from the environment and must never be printed.
+        env = {"HP_TEST_PG_PASSWORD": pg.PASSWORD}
+        storage = server.url(password="${HP_TEST_PG_PASSWORD}")
+    path = _write(tmp_path, demo_dir, name=f"four-{kind}", n_trials=16, storage=storage,
+                  trainer=TINY)
+    # Two GPU ids, two workers each: the pinning is visible to the trials even on CPU.
+    r = hpsearch("run", str(path), "--gpus", "0,1", "--trials-per-gpu", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "4 worker(s) on GPUs 0,1" in r.stdout and "16/16 trials" in r.stdout
+    assert pg.PASSWORD not in r.stdout + r.stderr
+    if kind == "postgresql":
+        assert f"{pg.USER}:***@127.0.0.1" in r.stdout
+
+    trials = _trials(path, env)
+    _assert_exact(trials, 16)
+    workers = {t.system_attrs[driver.A_WORKER] for t in trials}
+    assert len(workers) == 4  # every worker process took trials
+    seen = {t.system_attrs[driver.A_WORKER]: t.system_attrs["hpsearch:cuda_visible_devices"]
+            for t in trials}
+    assert sorted(seen.values()) == ["0", "0", "1", "1"]
+
+    again = hpsearch("worker", str(path), "--workers", "2", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do: 16/16" in again.stdout
+    assert len(_trials(path, env)) == 16
+
+
+def _worker_of(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.system_attrs[driver.A_WORKER_PID])
+
+
+def _alive(pid: int) -> bool:
+    return driver._process_alive(pid)
+
+
+def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
+    # Slow enough to be caught mid-trial: ~25 optimizer steps, a checkpoint every 3.
+    slow = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
+            "val_limit": 20}
+    path = _write(tmp_path, demo_dir, name="kill", n_trials=4, trainer=slow)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(path), "--workers", "3"], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    trials_dir = tmp_path / "out" / "trials"
+    victim = None
+    deadline = time.time() + 120
+    while victim is None:
+        assert time.time() < deadline, "no trial checkpointed in time"
+        assert proc.poll() is None, proc.communicate()
+        for d in sorted(trials_dir.glob("trial-*")) if trials_dir.exists() else []:
+            ckpts = list_checkpoints(d / "checkpoints")
+            if ckpts and int(ckpts[-1].name.split("-")[1]) >= 3:
+                victim = (int(d.name.split("-")[1]), int(ckpts[-1].name.split("-")[1]))
+                break
+        time.sleep(0.02)
+    number, step = victim
+    killed = _trials(path)[number]
+    assert killed.state == TrialState.RUNNING
+    worker_pid, trial_pid = _worker_of(killed), int(killed.system_attrs[driver.A_PID])
+    assert worker_pid != trial_pid  # the trial runs in a process of its own
+    os.kill(worker_pid, signal.SIGKILL)
+
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert f"(pid {worker_pid}) ended: killed by SIGKILL" in err
+    assert not _alive(trial_pid)  # the trial died with its worker: nothing left training
+
+    trials = _trials(path)
+    old = trials[number]
+    assert old.state == TrialState.FAIL
+    assert old.system_attrs[driver.A_REASON] == driver.INTERRUPTED
+    (cont,) = [t for t in trials if t.system_attrs.get(driver.A_RETRY_OF) == number]
+    assert cont.state == TrialState.COMPLETE and cont.params == old.params
+    assert cont.user_attrs["resumed_from_step"] >= step  # from the checkpoint, not step 0
+    assert _worker_of(cont) != worker_pid  # a survivor ran it
+    counted = [t for t in trials if driver.counts_toward_total(t)]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert len(trials) == 5  # the four counted trials and the killed attempt
+    assert "resumed interrupted trial(s): " in out
+
+
+def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypatch):
+    """Eight workers ask at the same instant after the GP warm-up: each GP fit counts the
+    trials asked before it as pending (constant liar), and no two points coincide."""
+    from hpsearch.backends.bayes import BayesOptSampler
+
+    d = study_dict(tmp_path, demo_dir, name="bayes-par", n_trials=20,
+                   backend={"name": "bayes", "n_random_init": 3})
+    cfg = parse_study(d)
+    study = driver.start_study(cfg)
+    for lr in (1e-4, 1e-3, 1e-2):  # finished trials: the GP has something to fit
+        study.enqueue_trial({"learning_rate": lr, "weight_decay": 1e-2})
+        t = study.ask()
+        driver.suggest(t, cfg.search_space)
+        study.tell(t, -abs(math.log10(lr) + 2.5))
+
+    pending_seen: list[int] = []
+    observations = BayesOptSampler._observations
+
+    def spy(self, *args):
+        x, y, pending = observations(self, *args)
+        pending_seen.append(len(pending))
+        return x, y, pending
+
+    monkeypatch.setattr(BayesOptSampler, "_observations", spy)
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        own = driver.open_study(cfg)  # a study object per worker, as in separate processes
+        barrier.wait()
+        driver.claim_trial(own, cfg)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    running = study.get_trials(states=(TrialState.RUNNING,))
+    assert len(running) == 8
+    assert all(t.system_attrs["hpsearch:sampled_by"] == "bayes_opt" for t in running)
+    assert sorted(pending_seen) == list(range(8))  # the k-th asker saw the k-1 before it
+    points = sorted((t.params["learning_rate"], t.params["weight_decay"]) for t in running)
+    for a, b in zip(points, points[1:], strict=False):
+        assert max(abs(a[0] / b[0] - 1), abs(a[1] / b[1] - 1)) > 1e-3, points
+
+
+def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
+    """Eight simultaneous claims on a study of three: three trials, five told there is none."""
+    cfg = parse_study(study_dict(tmp_path, demo_dir, name="race", n_trials=3))
+    driver.start_study(cfg)
+    got: list = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        own = driver.open_study(cfg)
+        barrier.wait()
+        got.append(driver.claim_trial(own, cfg)[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sum(t is not None for t in got) == 3
+    assert len(driver.open_study(cfg).get_trials()) == 3
+
+
+def test_gpu_slots_and_bad_gpu_list(tmp_path, demo_dir):
+    assert gpu_slots(["0", "1"], None, 2) == ["0", "1", "0", "1"]
+    assert gpu_slots(["3"], 3, 1) == ["3", "3", "3"]
+    assert gpu_slots([], 2, 1) == [None, None]
+    path = _write(tmp_path, demo_dir)
+    r = hpsearch("run", str(path), "--gpus", "0,,1")
+    assert r.returncode == 2 and r.stderr.startswith("error: --gpus")
+    r = hpsearch("worker", str(path))
+    assert r.returncode == 2 and "no study named 't'" in r.stderr
