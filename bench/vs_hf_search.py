@@ -122,6 +122,8 @@ def write_study(args: argparse.Namespace, work: Path, workers: int) -> tuple[Pat
         cfg = load_study(path)
     except ConfigError as e:
         raise BenchError(str(e)) from None
+    if (cfg.metric, cfg.direction) != ("f1", "maximize"):
+        raise BenchError(f"{args.study}: metric: the comparison maximises f1 on both sides")
     if cfg.trainer.batch_size is None:
         raise BenchError(f"{args.study}: trainer.batch_size: set it (sentences per step), so "
                          "both sides take the same steps")
@@ -144,7 +146,14 @@ def hpsearch_has_workers() -> bool:
 def child_env() -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("HPSEARCH_STORAGE", None)  # each side keeps its own SQLite file in the work folder
+    # One GPU for both: with several visible, HF's Trainer would spread each batch over all.
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    env["CUDA_VISIBLE_DEVICES"] = "0" if visible is None else visible.split(",")[0]
     return env
+
+
+class ChildFailed(Exception):
+    """One side's process exited with an error; its log says why."""
 
 
 def run_child(cmd: list[str], log: Path, timeout: float) -> float:
@@ -156,7 +165,7 @@ def run_child(cmd: list[str], log: Path, timeout: float) -> float:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log}\n{tail}")
+        raise ChildFailed(f"{' '.join(cmd)} exited {proc.returncode}; see {log}\n{tail}")
     return seconds
 
 
@@ -229,7 +238,7 @@ def hf_side(study_path: Path, out: Path, compile_: bool = False) -> None:
         preds = np.asarray(p.predictions)
         gold_ids = np.asarray(p.label_ids)
         order = list(LengthGroupedSampler(
-            HF_EVAL_BATCH, dataset=val_ds, model_input_name="input_ids",
+            args.eval_batch_size, dataset=val_ds, model_input_name="input_ids",
             generator=torch.Generator().manual_seed(cfg.seed),
         ))
         words: list[list[str]] = [[] for _ in range(enc_val.n_sentences)]
@@ -572,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ChildFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def fresh_work_folder(out: Path) -> Path:
