@@ -532,15 +532,16 @@ def run(
 
     from hpsearch.trainer import prepare
 
-    prep = None
     ran: list[TrialOutcome] = []
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     with StopRequest() as stop:
         while work_left(study, cfg.n_trials) and not stop():
             if deadline is not None and time.time() >= deadline:
                 break
-            if prep is None:  # after the count check: a finished study touches no data
-                prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
+            # After the count check: a finished study touches no data. Once per trial, so each
+            # trial logs what its data cost: the first builds or reads the cache, the rest
+            # find it in memory.
+            prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
             trial, more = claim_trial(study, cfg)
             recovered += more
             if trial is None:
