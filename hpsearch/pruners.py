@@ -50,8 +50,8 @@ class _SuccessiveHalving(optuna.pruners.SuccessiveHalvingPruner):
 class _Hyperband(optuna.pruners.HyperbandPruner):
     """Hyperband whose ``auto`` minimum resource is the first evaluation's step.
 
-    A subclass, not a wrapper: Optuna's samplers recognise a HyperbandPruner and look only at
-    the trials of the bracket being sampled for.
+    A subclass, not a wrapper: Optuna recognises a HyperbandPruner and shows the sampler only
+    the trials of the bracket a new trial falls in.
     """
 
     def __init__(self, min_resource: int | None, max_resource, reduction_factor: int) -> None:
