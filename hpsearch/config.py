@@ -490,5 +490,5 @@ def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     return cfg.model_dump(
         mode="json",
         include={"direction", "metric", "search_space", "trainer", "backend"},
-        exclude={"trainer": {"progress", "num_threads", "device"}},
+        exclude={"trainer": {"progress", "num_threads", "device", "fast_path", "buckets"}},
     )

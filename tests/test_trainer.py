@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import SHARED_DATA, hpsearch
+from conftest import SHARED_DATA, hpsearch, write_study
 
 from hpsearch.config import ScratchModel, TrainerConfig
 from hpsearch.trainer import prepare, train
@@ -100,3 +101,80 @@ def test_trains_on_real_chinese_data(tmp_path):
     r = train(cfg, prep, tmp_path / "t")
     # A from-scratch character model on 4,000 sentences: far from SOTA, far above chance (0).
     assert r.value > 0.2, r.history
+
+
+def _logged_data(log: Path) -> tuple[float, str]:
+    """The data line every train.log has: ``data 0.01s (memory)``."""
+    import re
+
+    m = re.search(r" data (\d+\.\d+)s \(([a-z ]+)\)", log.read_text())
+    assert m, log.read_text()[:2000]
+    return float(m.group(1)), m.group(2)
+
+
+def test_trial_one_builds_the_data_later_trials_skip_it(demo_dir, tmp_path):
+    """A study tokenises once: trial 2 logs well under a second of data work, as does a new
+    process, which reads the disk cache instead of tokenising again."""
+    from hpsearch.config import load_study
+    from hpsearch.study import run, trial_dir
+    from hpsearch.trainer import inputs
+
+    path = write_study(tmp_path, demo_dir, n_trials=2,
+                       trainer={"max_epochs": 1, "train_limit": 200, "val_limit": 50})
+    cfg = load_study(path)
+    inputs._MEMO.clear()
+    run(cfg)
+    first = _logged_data(trial_dir(cfg, 0) / "train.log")
+    second = _logged_data(trial_dir(cfg, 1) / "train.log")
+    assert first[1] == "built" and second[1] == "memory"
+    assert second[0] < 1.0
+    inputs._MEMO.clear()  # as in a second `hpsearch run` of the study
+    run(cfg.model_copy(update={"n_trials": 3}))
+    third = _logged_data(trial_dir(cfg, 2) / "train.log")
+    assert third[1] == "disk cache" and third[0] < 1.0
+
+
+def test_fast_path_keeps_the_maths(demo_dir, tmp_path):
+    """Windows padded to buckets and short batches padded with filler rows (the shapes CUDA
+    graphs need) train the same model: same losses, same F1, up to float rounding."""
+    import json
+
+    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
+               buckets=[16, 32], max_length=48)
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    off = train(cfg.model_copy(update={"fast_path": "off"}), prep, tmp_path / "off")
+    on = train(cfg.model_copy(update={"fast_path": "on"}), prep, tmp_path / "on")
+    assert "fast path: buckets [16, 32, 48]" in (tmp_path / "on" / "train.log").read_text()
+
+    def losses(run):
+        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, rows) if "loss" in r]
+
+    assert losses("on") == pytest.approx(losses("off"), rel=1e-4)
+    assert [s for s, _ in on.history] == [s for s, _ in off.history]
+    assert [v for _, v in on.history] == pytest.approx([v for _, v in off.history], abs=0.01)
+    assert on.train_tokens == off.train_tokens  # filler rows are not counted as tokens
+
+
+def test_token_budget_on_buckets_gives_one_shape_per_bucket():
+    from hpsearch.trainer.batching import bucket_of, make_batches, rows_for
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 100, size=500)
+    widths = (32, 64, 104)
+    batches = make_batches(lengths, max_tokens=1024, seed=0, epoch=0, widths=widths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    for b in batches:
+        w = bucket_of(int(lengths[b].max()), widths)
+        assert len(b) <= rows_for(w, max_tokens=1024, batch_size=None)
+
+
+def test_nan_loss_stops_the_trial_with_a_reason(demo_dir, tmp_path):
+    from hpsearch.trainer import TrialStopped
+
+    cfg = _cfg(demo_dir, learning_rate=1e12, max_grad_norm=None, warmup_ratio=0.0,
+               max_epochs=1)
+    with pytest.raises(TrialStopped) as e:
+        train(cfg, prepare(cfg, demo_dir, tmp_path / "cache"), tmp_path / "t")
+    assert e.value.reason == "nan_loss" and "loss is not finite at step" in str(e.value)

@@ -249,6 +249,33 @@ def _has_triton() -> bool:
     return has_triton()
 
 
+def _capture(net, batches, width_of, make_batch, device, amp, scaler, log) -> set[tuple]:
+    """Compile and record every bucket's graph before the first step, not in the middle.
+
+    Two passes per shape: CUDA graph trees record on the second call. The RNG is put back
+    afterwards, so a resumed trial draws exactly what the uninterrupted one did.
+    """
+    t0 = time.perf_counter()
+    first: dict[int, np.ndarray] = {}
+    for idx in batches:
+        first.setdefault(width_of(idx), idx)
+    shapes = set()
+    gpus = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=gpus):
+        for width in sorted(first):
+            batch = {k: v.to(device) for k, v in make_batch(first[width]).items()}
+            for _ in range(2):
+                torch.compiler.cudagraph_mark_step_begin()
+                _forward_backward(net, batch, device, amp, scaler)
+                for p in net.parameters():
+                    p.grad = None
+            shapes.add(tuple(batch["input_ids"].shape))
+    torch.cuda.synchronize(device)
+    log.info("captured %d shapes in %.1fs: %s", len(shapes), time.perf_counter() - t0,
+             sorted(shapes))
+    return shapes
+
+
 def _forward_backward(net, batch, device, amp, scaler) -> torch.Tensor:
     with _autocast(device, amp):
         loss = net(**batch).loss
@@ -329,10 +356,13 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     eval_kw = dict(device=device, amp=amp, pad_id=pad_id, max_tokens=cfg.eval_batch_tokens,
                    multiple=plan.multiple)
 
+    def width_of(idx: np.ndarray) -> int:
+        return bucket_of(int(lengths[idx].max()), plan.widths)
+
     def make_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
         if plan.widths is None:
             return collate(prep.train, idx, pad_id, multiple=plan.multiple)
-        width = bucket_of(int(lengths[idx].max()), plan.widths)
+        width = width_of(idx)
         rows = rows_for(width, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
         return collate(prep.train, idx, pad_id, width=width, rows=rows)
 
@@ -340,7 +370,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     st: dict[str, Any] = {
         "step": 0, "epoch": 0, "batch": 0, "best": None, "best_step": 0, "best_scores": {},
         "history": [], "bad_evals": 0, "train_tokens": 0, "train_seconds": 0.0,
-        "config": cfg.model_dump(mode="json", exclude={"progress", "num_threads", "device"}),
+        "config": cfg.model_dump(mode="json", exclude={"progress", "num_threads", "device",
+                                                       "fast_path", "buckets"}),
         "widths": list(plan.widths) if plan.widths and cfg.batch_size is None else None,
     }
     ckpt_root = out_dir / "checkpoints"
@@ -406,6 +437,17 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     shapes_run: set[tuple[int, ...]] = set()
     model.train()
     t_start = time.perf_counter() - st["train_seconds"]
+    if plan.graphs:
+        try:
+            shapes_run = _capture(net, epochs[min(st["epoch"], len(epochs) - 1)], width_of,
+                                  make_batch, device, amp, scaler, log)
+        except Exception as e:
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
+            log.warning("torch.compile failed, continuing without it: %s: %s",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            net, plan.graphs = model, False
+        optimizer.zero_grad(set_to_none=True)
     stopped_early = False
     try:
         while st["step"] < total:

@@ -1,0 +1,335 @@
+"""Training throughput of the trial trainer against the HF ``Trainer``, in one process.
+
+Both sides train the same model (one ``BertConfig``, the same initial weights) on the same
+windows (hpsearch's tokenisation, so the same max length and the same tokens), with the same
+number of sentences per step on average, the same optimiser settings, and mixed precision
+where the device has it. The HF side uses the flags a careful user would: bf16, fused AdamW and
+``train_sampling_strategy="group_by_length"``. Throughput counts non-pad tokens only and is
+timed between two synchronised points after a few warm-up steps, so set-up, compilation and
+the trainer's final evaluation are not in it.
+
+    .venv/bin/python bench/throughput.py --device cpu     # small BERT, MSRA slice or demo data
+    .venv/bin/python bench/throughput.py --device cuda    # bert-base, MSRA train, bf16, 32/step
+
+On CUDA the trainer also trains one full epoch with and without its fast path (CUDA graphs)
+and prints both validation F1s: speed must not change the maths. The last line is
+``ratio=X``, our tokens/s over the HF Trainer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hpsearch.config import ScratchModel, TrainerConfig  # noqa: E402
+from hpsearch.trainer import prepare, train  # noqa: E402
+from hpsearch.trainer.batching import make_batches  # noqa: E402
+from hpsearch.trainer.modeling import build_model  # noqa: E402
+
+MSRA = REPO.parent / "shared" / "data" / "msra"
+
+#: Dense bf16 peak of the chips MFU is reported for (FLOP/s, no sparsity).
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Window:
+    """Tokens, wall time and this process's CPU time between step ``start`` and step ``end``.
+
+    On a shared machine the wall clock also measures the neighbours' load; the CPU time this
+    process used (one thread) measures the trainer alone, so the CPU figures use it.
+    """
+
+    def __init__(self, device: torch.device, start: int, end: int):
+        self.device, self.start, self.end = device, start, end
+        self.at: dict[int, tuple[float, float, int]] = {}
+
+    def mark(self, step: int, tokens: int) -> None:
+        if step in (self.start, self.end):
+            sync(self.device)
+            self.at[step] = (time.perf_counter(), time.process_time(), tokens)
+
+    def rate(self, cpu: bool = False) -> float:
+        (w0, c0, n0), (w1, c1, n1) = self.at[self.start], self.at[self.end]
+        return (n1 - n0) / max((c1 - c0) if cpu else (w1 - w0), 1e-9)
+
+    @property
+    def tokens_per_s(self) -> tuple[float, float]:
+        """(per second of this process's CPU time, per wall-clock second)."""
+        return self.rate(cpu=True), self.rate()
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def settings(args) -> tuple[TrainerConfig, Path]:
+    """The trainer config both sides share, and the data folder."""
+    if args.device == "cuda":
+        data = Path(args.data or MSRA)
+        scratch = ScratchModel(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                               intermediate_size=3072, vocab_size=21128)
+        limits: dict = {"val_limit": None}
+        if args.quick:
+            scratch = ScratchModel(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                   intermediate_size=1024, vocab_size=5000)
+            limits = {"train_limit": 4000, "val_limit": 500}
+        cfg = TrainerConfig(
+            data_dir=str(data), scratch=scratch, max_length=256, batch_size=32,
+            precision="bf16" if torch.cuda.is_bf16_supported() else "fp32", device="cuda",
+            learning_rate=1e-4, max_epochs=1, seed=0, progress=False, **limits,
+        )
+        return cfg, data
+    if args.data:
+        data = Path(args.data)
+    elif MSRA.is_dir():
+        data = MSRA
+    else:
+        from hpsearch.demo_data import generate_demo_data
+
+        data = Path(generate_demo_data(Path(tempfile.mkdtemp()) / "demo"))
+    if args.quick:
+        scratch = ScratchModel(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, vocab_size=800)
+        limits = {"train_limit": 300, "val_limit": 50}
+    elif args.size == "small":  # BERT-tiny's shape: 2 layers, 128 wide
+        scratch = ScratchModel(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=512, vocab_size=3000)
+        limits = {"train_limit": 4000, "val_limit": 100}
+    else:  # the scratch model a study trains by default (2 layers, 64 wide)
+        scratch = ScratchModel(vocab_size=3000)
+        limits = {"train_limit": 4000, "val_limit": 100}
+    cfg = TrainerConfig(
+        data_dir=str(data), scratch=scratch, max_length=128, max_tokens=args.max_tokens,
+        precision="fp32", device="cpu", num_threads=args.threads, learning_rate=1e-3,
+        max_epochs=1, seed=0, progress=False, **limits,
+    )
+    return cfg, data
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+
+def run_ours(cfg: TrainerConfig, prep, out: Path, warmup: int, steps: int | None):
+    """Our trainer, the same function a trial runs; ``steps=None`` trains the whole epoch."""
+    device = torch.device(cfg.device)
+    n_batches = len(make_batches(prep.train.lengths, max_tokens=cfg.max_tokens,
+                                 batch_size=cfg.batch_size, seed=cfg.seed or 0, epoch=0))
+    total = n_batches if steps is None else warmup + steps
+    # The last step is followed by the final evaluation: stop the clock one step before.
+    win = Window(device, warmup, total - 1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cfg = cfg.model_copy(update={"max_steps": total})
+    r = train(cfg, prep, out, on_step=win.mark)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    for line in (out / "train.log").read_text().splitlines():  # how the steps ran
+        if any(k in line for k in ("fast path", "captured", "compile failed")):
+            print("    " + line.split(" ", 2)[2])
+    return win.tokens_per_s, peak, r
+
+
+def run_hf(cfg: TrainerConfig, prep, out: Path, batch_size: int, warmup: int,
+           steps: int | None):
+    """The HF Trainer with its best flags on the same windows and the same model."""
+    from transformers import (
+        DataCollatorForTokenClassification,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    device = torch.device(cfg.device)
+    enc = prep.train
+    features = [
+        {"input_ids": enc.ids[a:b].tolist(), "labels": enc.labels[a:b].tolist()}
+        for a, b in zip(enc.offsets[:-1], enc.offsets[1:])
+    ]
+    tokens: list[int] = []  # non-pad tokens of each batch, in the order the loader makes them
+    pad8 = DataCollatorForTokenClassification(
+        prep.tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None
+    )
+
+    def collator(batch):
+        tokens.append(sum(len(f["input_ids"]) for f in batch))
+        return pad8(batch)
+
+    total = math.ceil(len(features) / batch_size) if steps is None else warmup + steps
+    win = Window(device, warmup, total)
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            win.mark(state.global_step, sum(tokens[: state.global_step]))
+
+    torch.manual_seed(cfg.seed or 0)
+    model = build_model(cfg, prep.tokenizer, prep.labels)
+    bf16 = cfg.precision == "bf16"
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=total,
+        learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        warmup_steps=math.ceil(cfg.warmup_ratio * total), lr_scheduler_type="linear",
+        max_grad_norm=cfg.max_grad_norm, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
+        adam_epsilon=cfg.adam_epsilon, optim="adamw_torch_fused", bf16=bf16,
+        train_sampling_strategy="group_by_length", logging_strategy="no", save_strategy="no",
+        eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        seed=cfg.seed or 0, use_cpu=device.type == "cpu",
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator,
+                      callbacks=[Clock()])
+    trainer.remove_callback(PrinterCallback)  # its end-of-run dict would clutter the output
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return win.tokens_per_s, peak
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def flops_per_token(cfg: TrainerConfig, n_labels: int, mean_len: float) -> float:
+    """Training FLOPs per token: 6 x matmul weights, plus attention over the window (PaLM)."""
+    s = cfg.scratch
+    d, layers, ff = s.hidden_size, s.num_hidden_layers, s.intermediate_size
+    weights = layers * (4 * d * d + 2 * d * ff) + d * n_labels
+    return 6 * weights + 12 * layers * d * mean_len
+
+
+def peak_flops(device: torch.device) -> tuple[float | None, str]:
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BF16.items():
+        if key in name:
+            return value, name
+    return None, name
+
+
+def fmt_mem(peak: int | None) -> str:
+    return "n/a (cpu)" if peak is None else f"{peak / 2**30:.2f} GiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--quick", action="store_true", help="a tiny run that checks the bench works")
+    ap.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                    help="cpu: the default scratch BERT (64 wide) or BERT-tiny's shape (128)")
+    ap.add_argument("--data", help="a data folder (default: MSRA when present)")
+    ap.add_argument("--steps", type=int,
+                    help="timed steps (default: the rest of one epoch, so both sides see the "
+                    "same sentences)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    ap.add_argument("--repeats", type=int, help="runs of each side, interleaved; best counts")
+    ap.add_argument("--max-tokens", type=int, default=2048, help="our token budget on CPU")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (1: CPU time then measures the trainer alone)")
+    ap.add_argument("--no-f1", action="store_true", help="cuda: skip the un-graphed epoch")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        sys.exit(2)
+    cuda = args.device == "cuda"
+    steps, warmup = args.steps, args.warmup
+    repeats = args.repeats or (1 if args.quick or cuda else 2)
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+    cfg, data = settings(args)
+    work = Path(tempfile.mkdtemp(prefix="hpsearch-bench-"))
+    t0 = time.perf_counter()
+    prep = prepare(cfg, data, work / "cache")
+    device = torch.device(args.device)
+    # Our steps on the fast path cut the same batches (fixed rows) or bucket-aware ones.
+    plan = make_batches(prep.train.lengths, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
+                        seed=0, epoch=0)
+    per_step = float(np.mean([len(b) for b in plan]))
+    hf_batch = cfg.batch_size or max(1, round(per_step))
+    mean_len = float(prep.train.lengths.mean())
+    print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
+          f"device {args.device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else
+                                     f" ({args.threads} threads)"))
+    s = cfg.scratch
+    print(f"data {data} ({len(prep.train)} windows, mean {mean_len:.1f} tokens, max_length "
+          f"{cfg.max_length}), prepared in {time.perf_counter() - t0:.1f}s")
+    print(f"model BERT {s.num_hidden_layers} layers x {s.hidden_size} ({s.num_attention_heads} "
+          f"heads, ffn {s.intermediate_size}, vocab {len(prep.tokenizer)}), precision "
+          f"{cfg.precision}")
+    print(f"sentences per step: ours {per_step:.1f} on average "
+          f"({'fixed' if cfg.batch_size else f'budget {cfg.max_tokens} tokens'}), "
+          f"HF Trainer {hf_batch}; timed {steps or 'all'} steps after {warmup}")
+
+    ours_cfg = cfg.model_copy(update={"fast_path": "on" if cuda else "auto"})
+    # A GPU is timed by the wall clock; a CPU by the CPU time this process used (see Window).
+    clock = "wall-clock" if cuda else "CPU-time"
+    pick = 1 if cuda else 0
+    ours, hf = [], []
+    ours_peak = hf_peak = None
+    for r in range(repeats):
+        order = ("hf", "ours") if r % 2 == 0 else ("ours", "hf")
+        for side in order:
+            out = work / f"{side}-{r}"
+            if side == "ours":
+                tps, ours_peak, result = run_ours(ours_cfg, prep, out, warmup, steps)
+                ours.append(tps[pick])
+                f1_on = result.value
+            else:
+                tps, hf_peak = run_hf(cfg, prep, out, hf_batch, warmup, steps)
+                hf.append(tps[pick])
+            print(f"  run {r + 1} {side:>4}: {tps[1]:>10,.0f} tokens/s wall-clock, "
+                  f"{tps[0]:>10,.0f} tokens/s of CPU time", flush=True)
+    f1_lines = []
+    if cuda and not args.no_f1 and steps is None:  # the same epoch without graphs: same F1?
+        tps, peak, res = run_ours(cfg.model_copy(update={"fast_path": "off"}), prep,
+                                  work / "ours-eager", warmup, None)
+        f1_lines += [
+            f"ours without the fast path: {tps[1]:,.0f} tokens/s, peak GPU memory "
+            f"{fmt_mem(peak)}",
+            f"val F1 after one epoch: fast path {f1_on:.4f}, without {res.value:.4f}, "
+            f"difference {100 * (f1_on - res.value):+.2f} points",
+        ]
+
+    best_ours, best_hf = max(ours), max(hf)
+    ratio = best_ours / best_hf
+    print(f"ours (hpsearch trainer{', fast path' if cuda else ''}): {best_ours:,.0f} tokens/s "
+          f"({clock}, best of {len(ours)}), peak GPU memory {fmt_mem(ours_peak)}")
+    print(f"HF Trainer (group_by_length, fused AdamW{', bf16' if cfg.precision == 'bf16' else ''})"
+          f": {best_hf:,.0f} tokens/s ({clock}, best of {len(hf)}), peak GPU memory "
+          f"{fmt_mem(hf_peak)}")
+    if cuda:
+        peak, name = peak_flops(device)
+        fpt = flops_per_token(cfg, len(prep.labels), mean_len)
+        if peak is None:
+            print(f"MFU: n/a (no bf16 peak known for {name})")
+        else:
+            mfu = [100 * fpt * x / peak for x in (best_ours, best_hf)]
+            print(f"MFU ({name}, {peak / 1e12:.0f} TFLOP/s bf16): ours {mfu[0]:.2f}%, "
+                  f"HF Trainer {mfu[1]:.2f}%")
+    else:
+        print("MFU: n/a (cpu)")
+    for line in f1_lines:
+        print(line)
+    print(f"ratio={ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
