@@ -59,6 +59,10 @@ def test_second_preparation_comes_from_cache(demo_dir, tmp_path):
     third = prepare(cfg, demo_dir, tmp_path / "cache")
     assert (first.source, second.source, third.source) == ("built", "disk cache", "memory")
     assert third.seconds < 0.01
+    # The disk cache is read without parsing the data again, and gives back the same things.
+    assert second.labels == first.labels and second.val_gold == first.val_gold
+    assert np.array_equal(second.train.ids, first.train.ids)
+    assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
 
 
 def test_schedules():
