@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8, help="cpu: trials per point")
     ap.add_argument("--max-epochs", type=int, default=1, help="cpu: epochs per trial")
     ap.add_argument("--train-limit", type=int, default=None,
-                    help="training sentences per trial (cpu default 400)")
+                    help="training sentences per trial (cpu default 1000)")
     ap.add_argument("--concurrent", default="1,2,4,8", help="cuda: trials at once on one GPU")
     ap.add_argument("--max-steps", type=int, default=300, help="cuda: steps per trial")
     ap.add_argument("--gpu", default="0", help="cuda: the GPU id")
@@ -205,7 +205,7 @@ def main() -> None:
     if args.study is None:
         args.study = REPO / "studies" / ("demo.yaml" if args.device == "cpu" else "msra-bert.yaml")
     if args.device == "cpu" and args.train_limit is None:
-        args.train_limit = 400
+        args.train_limit = 1000
     work = args.out or Path(tempfile.mkdtemp(prefix="hpsearch-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"scaling: {args.study.name}, device {args.device}, {os.cpu_count()} CPUs, "

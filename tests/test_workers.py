@@ -167,7 +167,8 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
 
 
 def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_path, demo_dir):
-    slow = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
+    # Long enough that neither trial can finish before both have checkpointed.
+    slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
     path = _write(tmp_path, demo_dir, name="ctrl-c", n_trials=2, trainer=slow)
     proc = subprocess.Popen(
