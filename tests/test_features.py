@@ -113,3 +113,14 @@ def test_cache_roundtrip_and_refuses_pickle(tok, tmp_path):
         Encoded.load(planted)
     enc3, hit3 = encode_cached(tmp_path, "p", *args)
     assert hit3 is False and np.array_equal(enc3.ids, enc.ids)
+
+
+def test_fixed_shape_collate_pads_rows_and_width(tok):
+    """The fast path's batches: one shape per bucket, filler rows that carry no label."""
+    enc = encode([["a", "b", "c"], ["d"]], [["O"] * 3, ["O"]], tok, L2I, 32)
+    b = collate(enc, np.array([0, 1]), tok.pad_token_id, width=16, rows=5)
+    assert tuple(b["input_ids"].shape) == (5, 16)
+    assert (b["labels"][2:] == IGNORE).all()
+    # Each filler row attends to exactly one token: none attends to nothing (NaN attention).
+    assert b["attention_mask"][2:].sum(1).tolist() == [1, 1, 1]
+    assert b["attention_mask"][:2].sum().item() == int(enc.lengths.sum())
