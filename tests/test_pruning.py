@@ -82,42 +82,39 @@ def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
 
 
 def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
-    """`patient` prunes when the last patience+1 F1s are all below an earlier one.
+    """`wilcoxon` needs `n_startup_steps` evaluations before it may compare a trial at all.
 
-    With learning rate 0.2 the model predicts a few entities at first and then only ``O``. The
-    interrupted run is stopped one evaluation before the uninterrupted run was pruned; after
-    resuming it has a single evaluation of its own, which alone can never trigger `patient`
-    (it needs patience + 2 values), so it is pruned at the same step only if the history
-    reported before the interruption is part of the decision.
+    The bad trial is interrupted after two evaluations and has a single evaluation of its own
+    after resuming, which alone can never be judged (three are needed); it is pruned at the
+    same step as the uninterrupted run only if the evaluations reported before the interruption
+    are part of the decision.
     """
-    pruner = {"name": "patient", "patience": 1}
-    lr = {"learning_rate": 0.2, "weight_decay": 0.01}
+    pruner = {"name": "wilcoxon", "n_startup_steps": 3, "p_threshold": 0.2}
 
-    ref_cfg = _cfg(tmp_path / "ref", demo_dir, pruner, eval_every=2, n_trials=1)
-    _enqueue(ref_cfg, [lr["learning_rate"]])
+    ref_cfg = _cfg(tmp_path / "ref", demo_dir, pruner, n_trials=2)
+    _enqueue(ref_cfg, [GOOD, BAD])
     hs.run(ref_cfg)
-    (ref,) = _stored(ref_cfg)
-    assert ref.state == TrialState.PRUNED, f"precondition: F1 curve {ref.intermediate_values}"
-    pruned_at = ref.user_attrs["pruned_step"]
-    assert pruned_at >= 6  # patience 1 needs three evaluations
+    good, ref = _stored(ref_cfg)
+    assert ref.state == TrialState.PRUNED, f"precondition: {ref.intermediate_values} vs " \
+        f"{good.intermediate_values}"
+    assert ref.user_attrs["pruned_step"] == 12  # the third evaluation, the first it may judge
 
-    cfg = _cfg(tmp_path / "cut", demo_dir, pruner, eval_every=2, n_trials=1)
-    _enqueue(cfg, [lr["learning_rate"]])
+    cfg = _cfg(tmp_path / "cut", demo_dir, pruner, n_trials=2)
+    _enqueue(cfg, [GOOD, BAD])
     study = hs.open_study(cfg)
     prep = prepare(cfg.trainer, hs.data_dir(cfg), cfg.out / "cache")
+    hs.run_trial(study, study.ask(), cfg, prep)
     steps = iter(range(1, 10**6))
-    stop_at = pruned_at - 2  # the evaluation before the one that pruned
-    with pytest.raises(hs.StudyInterrupted):
-        hs.run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= stop_at)
-    hs.run(cfg)  # what `hpsearch run` does next: the continuation resumes
+    with pytest.raises(hs.StudyInterrupted):  # what the first Ctrl-C does, after step 8
+        hs.run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= 8)
+    hs.run(cfg)  # what `hpsearch run` does next: the continuation resumes at step 8
 
-    first, cont = _stored(cfg)
+    _, first, cont = _stored(cfg)
     assert first.system_attrs["hpsearch:fail_reason"] == "interrupted"
-    assert sorted(first.intermediate_values) == list(range(2, stop_at + 1, 2))
+    assert sorted(first.intermediate_values) == [4, 8]
     assert cont.system_attrs["hpsearch:retry_of"] == first.number
-    assert cont.state == TrialState.PRUNED and cont.user_attrs["pruned_step"] == pruned_at
+    assert cont.state == TrialState.PRUNED and cont.user_attrs["pruned_step"] == 12
     assert cont.intermediate_values == ref.intermediate_values  # the history, carried over
-    assert len([s for s in cont.intermediate_values if s > stop_at]) < pruner["patience"] + 2
 
 
 def _gp_view(study: optuna.Study, policy: str) -> dict[float, float]:
@@ -201,3 +198,19 @@ def test_auto_min_resource_is_the_first_evaluation(tmp_path, name):
     t.should_prune()
     assert len([k for k in plain._storage.get_trial(t._trial_id).system_attrs
                 if k.startswith("completed_rung_")]) == 3
+
+
+def test_two_workers_prune_the_bad_trials(tmp_path, demo_dir):
+    """Each worker's pruner judges against what the others wrote to the shared database."""
+    from hpsearch.workers import run_pool
+
+    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 1}, n_trials=4)
+    # The good trial runs twice at once, one per worker (identical curves: a tie never prunes);
+    # each bad trial starts in the worker that has just finished a good one.
+    _enqueue(cfg, [GOOD, GOOD, BAD, 10 * BAD])
+    run_pool(cfg, [None, None])
+    trials = _stored(cfg)
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
+    for t in trials[2:]:
+        assert t.state == TrialState.PRUNED and t.user_attrs["pruned_step"] == 4
+        assert not (Path(t.system_attrs["hpsearch:trial_dir"]) / "checkpoints").exists()
