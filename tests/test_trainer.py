@@ -182,3 +182,27 @@ def test_nan_loss_stops_the_trial_with_a_reason(demo_dir, tmp_path):
     with pytest.raises(TrialStopped) as e:
         train(cfg, prepare(cfg, demo_dir, tmp_path / "cache"), tmp_path / "t")
     assert e.value.reason == "nan_loss" and "loss is not finite at step" in str(e.value)
+
+
+def _cost_in_child(prep, queue) -> None:
+    queue.put(prep.cost())
+
+
+def test_data_cost_is_booked_once(demo_dir, tmp_path):
+    """The trial that prepared the data pays for it; a second trial, or a trial forked off a
+    worker pool's main process, logs no data time."""
+    import multiprocessing as mp
+
+    from hpsearch.trainer import inputs
+
+    cfg = _cfg(demo_dir, train_limit=120)
+    inputs._MEMO.clear()
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_cost_in_child, args=(prep, queue))
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) == (0.0, "from the parent process")
+    assert prep.cost() == (prep.seconds, "built")
+    assert prep.cost() == (0.0, "memory")

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpsearch.config import TrainerConfig
@@ -33,6 +33,21 @@ class Prepared:
     val_gold: list[list[str]]
     seconds: float
     source: str  # "memory", "disk cache" or "built": how the data got here, for the log
+    pid: int = field(default_factory=os.getpid)
+    used: bool = False  # a trial trained on it already: the next one paid nothing for it
+
+    def cost(self) -> tuple[float, str]:
+        """(seconds, how) of data work to put on the books of the trial about to use this.
+
+        Only the first trial of the process that prepared it pays: a trial in a forked
+        process got it from its parent, a later trial found it in memory.
+        """
+        if self.pid != os.getpid():
+            return 0.0, "from the parent process"
+        if self.used:
+            return 0.0, "memory"
+        self.used = True
+        return self.seconds, self.source
 
     @property
     def label2id(self) -> dict[str, int]:

@@ -322,7 +322,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     plan = make_plan(cfg, device)
     log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
     log.info("device %s, autocast %s, %s", device, amp, plan.why)
-    log.info("data %.2fs (%s)", prep.seconds, prep.source)
+    data_seconds, data_source = prep.cost()
+    log.info("data %.2fs (%s)", data_seconds, data_source)
 
     model = build_model(cfg, prep.tokenizer, prep.labels).to(device)
     net = model  # what the steps run; checkpoints keep the plain model's names
@@ -569,7 +570,7 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
         train_tokens=st["train_tokens"],
         train_seconds=st["train_seconds"],
         tokens_per_second=st["train_tokens"] / max(st["train_seconds"], 1e-9),
-        data_seconds=prep.seconds,
+        data_seconds=data_seconds,
         resumed_from_step=resumed_from,
         stopped_early=stopped_early,
         history=st["history"],
