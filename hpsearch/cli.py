@@ -119,6 +119,9 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
             raise ConfigError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. 0,1")
     elif trials_per_gpu != 1:
         raise ConfigError("--trials-per-gpu needs --gpus")
+    if gpu_list and cfg.trainer.device.startswith("cuda:"):
+        raise ConfigError(f"{study_file}: trainer.device {cfg.trainer.device} with --gpus: each "
+                          "worker sees only its own GPU; use device auto or cuda")
     pooled = join or workers is not None or gpu_list is not None
     slots: list = []
     if pooled:

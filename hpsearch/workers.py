@@ -49,6 +49,9 @@ POLL = 1.0  # seconds between looks at a study that has nothing to claim but tri
 
 
 def _context() -> mp.context.BaseContext:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return mp.get_context("spawn")  # a forked child cannot use CUDA its parent started
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 

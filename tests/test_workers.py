@@ -119,6 +119,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
+    """Kill one of 3 workers mid-trial, and another worker's trial process: the study still
+    reaches n_trials, a survivor resumes the dead worker's trial from its checkpoint, and the
+    worker whose trial crashed records it and goes on with the next one."""
     # Slow enough to be caught mid-trial: ~25 optimizer steps, a checkpoint every 3.
     slow = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
@@ -129,23 +132,32 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     trials_dir = tmp_path / "out" / "trials"
-    victim = None
     deadline = time.time() + 120
-    while victim is None:
-        assert time.time() < deadline, "no trial checkpointed in time"
+    study = None
+    while True:  # one snapshot: a trial with a checkpoint, and another one running
+        assert time.time() < deadline, "no two trials running with a checkpoint in time"
         assert proc.poll() is None, proc.communicate()
-        for d in sorted(trials_dir.glob("trial-*")) if trials_dir.exists() else []:
-            ckpts = list_checkpoints(d / "checkpoints")
-            if ckpts and int(ckpts[-1].name.split("-")[1]) >= 3:
-                victim = (int(d.name.split("-")[1]), int(ckpts[-1].name.split("-")[1]))
-                break
-        time.sleep(0.02)
-    number, step = victim
-    killed = _trials(path)[number]
-    assert killed.state == TrialState.RUNNING
+        try:
+            study = study or driver.open_study(load_study(path))
+        except driver.ConfigError:  # not created yet
+            time.sleep(0.2)
+            continue
+        running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
+                   if t.system_attrs.get(driver.A_PID, -1)
+                   not in (-1, t.system_attrs.get(driver.A_WORKER_PID))]
+        steps = {t.number: list_checkpoints(trials_dir / f"trial-{t.number:04d}" / "checkpoints")
+                 for t in running}
+        ready = [t for t in running if steps[t.number]
+                 and int(steps[t.number][-1].name.split("-")[1]) >= 3]
+        if ready and len(running) >= 2:
+            killed = ready[0]
+            crash = next(t for t in running if t.number != killed.number)
+            break
+        time.sleep(0.05)
+    number, step = killed.number, int(steps[killed.number][-1].name.split("-")[1])
     worker_pid, trial_pid = _worker_of(killed), int(killed.system_attrs[driver.A_PID])
-    assert worker_pid != trial_pid  # the trial runs in a process of its own
     os.kill(worker_pid, signal.SIGKILL)
+    os.kill(int(crash.system_attrs[driver.A_PID]), signal.SIGKILL)  # as the OOM killer would
 
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
@@ -160,9 +172,15 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     assert cont.state == TrialState.COMPLETE and cont.params == old.params
     assert cont.user_attrs["resumed_from_step"] >= step  # from the checkpoint, not step 0
     assert _worker_of(cont) != worker_pid  # a survivor ran it
+
+    crashed = trials[crash.number]
+    assert crashed.state == TrialState.FAIL and crashed.user_attrs["fail_reason"] == "crashed"
+    assert "killed by SIGKILL" in crashed.user_attrs["error"]
+    assert any(_worker_of(t) == _worker_of(crash) for t in trials[crash.number + 1:])
+
     counted = [t for t in trials if driver.counts_toward_total(t)]
-    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
-    assert len(trials) == 5  # the four counted trials and the killed attempt
+    assert len(counted) == 4 and len(trials) == 5  # the killed attempt does not count
+    assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3 + ["FAIL"]
     assert "resumed interrupted trial(s): " in out
 
 
