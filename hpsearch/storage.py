@@ -15,10 +15,13 @@ parameters are in the database, where constant-liar samplers see them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +32,13 @@ import optuna
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's "still alive" writes
 GRACE_PERIOD = 60  # a RUNNING trial silent for this long belongs to a dead process
 
+#: How long a database that went away (a server restart, a failover) is waited for.
+DB_RETRY_SECONDS = float(os.environ.get("HPSEARCH_DB_RETRY_SECONDS", "600"))
+
 # Optuna flags the RDB heartbeat as experimental on every open; hpsearch depends on it on purpose.
 warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental")
+
+log = logging.getLogger("hpsearch.storage")
 
 
 def redact(url: str) -> str:
@@ -63,8 +71,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
     elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}
     kw = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD}
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                         **(kw if heartbeat else {}))
+    storage = retry_outage(url, lambda: RetryingRDBStorage(
+        url, engine_kwargs=engine_kwargs, **(kw if heartbeat else {})))
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         _sqlite_wal(storage.engine)
     return storage
@@ -89,6 +97,75 @@ def _sqlite_wal(engine) -> None:
 
     sqlalchemy.event.listen(engine, "connect", on_connect)
     engine.dispose()  # connections opened before the listener reconnect with it
+
+
+# ----------------------------------------------------------------------------- outages
+
+
+def is_outage(e: BaseException | None) -> bool:
+    """The database is down or restarting (worth waiting for), not a wrong query or a bug."""
+    import sqlalchemy.exc as sa
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (sa.OperationalError, sa.InterfaceError)):
+            return True
+        if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry_outage(url: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, waiting out a database outage with backoff.
+
+    A study runs for days; a database restart in the middle must cost a pause, not the
+    trials in flight. Each wait is logged with the URL's password hidden. After
+    ``DB_RETRY_SECONDS`` the error is raised: by then it is not a restart.
+    """
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not is_outage(e) or waited >= DB_RETRY_SECONDS:
+                raise
+            log.warning("study database %s unreachable (%s); retrying in %.1fs",
+                        redact(url), type(e).__name__, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10.0)
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose every call waits out an outage (see ``retry_outage``).
+
+    Stale pooled connections after a restart are replaced by SQLAlchemy's pre-ping (PostgreSQL)
+    or on the failed call's rollback; the call is then made again on a fresh connection.
+    """
+
+
+def _retrying(name: str):
+    original = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        return retry_outage(self.url, original, self, *args, **kwargs)
+
+    return call
+
+
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_trial_user_attrs",
+    "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
+    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+):
+    setattr(RetryingRDBStorage, _name, _retrying(_name))
 
 
 # ----------------------------------------------------------------------------- taking turns
@@ -152,18 +229,30 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         with _LOCAL:  # an in-memory database lives in this process only
             yield
         return
-    with _engine(url).connect() as conn:
-        if dialect == "postgresql":
-            key = _lock_key(study_name)
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        else:
-            name = f"hpsearch:{hashlib.sha256(study_name.encode()).hexdigest()[:40]}"
-            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+    if dialect == "postgresql":
+        key = _lock_key(study_name)
+        take, give = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+    else:
+        key = f"hpsearch:{hashlib.sha256(study_name.encode()).hexdigest()[:40]}"
+        take, give = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"
+
+    def acquire():
+        conn = _engine(url).connect()
+        try:
+            conn.execute(sqlalchemy.text(take), {"k": key})
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    conn = retry_outage(url, acquire)
+    try:
+        yield
+    finally:
+        try:
+            conn.execute(sqlalchemy.text(give), {"k": key})
+        except Exception as e:
+            if not is_outage(e):
+                raise  # a server that went away dropped the lock with the connection
+        finally:
+            conn.close()
