@@ -16,7 +16,7 @@ arm's best F1, in F1 points (negative: pruning found a better trial).
     .venv/bin/python bench/pruning.py --device cpu     # demo data, tiny BERT, a few minutes
     .venv/bin/python bench/pruning.py --device cuda    # CoNLL-2003 (or MSRA), MiniLM-L6
 
-The search space is wide on purpose (learning rate over four decades): a real first search does
+The search space is wide on purpose (learning rate from 1e-6 up): a real first search does
 not know where the good region is, and much of that range trains nothing useful. Every trial is
 evaluated ten times, so a pruner has something to act on.
 """
