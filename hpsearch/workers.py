@@ -27,13 +27,14 @@ of their workers dies, someone has to run the continuation.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from multiprocessing.connection import wait
 
@@ -46,6 +47,7 @@ from hpsearch.storage import study_lock
 
 A_GPU = "hpsearch:cuda_visible_devices"
 POLL = 1.0  # seconds between looks at a study that has nothing to claim but trials in flight
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _context() -> mp.context.BaseContext:
@@ -66,12 +68,30 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _tell(pid: int | None, sig: int) -> None:
+    """Signal a child that may have just exited (a signal handler must not raise for it)."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold stop signals while forking: a child unblocks them once its own handlers are in,
+    so a stop sent in between is delivered to those handlers, not lost or misread."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
     if code < 0:
         name = signal.Signals(-code).name
-        hint = " (the kernel's OOM killer sends this)" if -code == signal.SIGKILL else ""
+        hint = " (by hand, or by the kernel's OOM killer)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {code}"
 
@@ -103,14 +123,15 @@ def preload(cfg: StudyConfig) -> None:
 def _trial_process(cfg: StudyConfig, trial_id: int, prep, conn, parent: int) -> None:
     """The child that trains one trial and reports it; everything it allocates dies with it."""
     _die_with_parent(parent)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers, until StopRequest's
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers
     study = driver.open_study(cfg)
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # what this trial could see, for the record
         study._storage.set_trial_system_attr(trial_id, A_GPU, os.environ["CUDA_VISIBLE_DEVICES"])
     trial = optuna.Trial(study, trial_id)
     code = 0
     with driver.StopRequest() as stop:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
         try:
             outcome = driver.run_trial(study, trial, cfg, prep, stop)
         except driver.StudyInterrupted:
@@ -161,15 +182,16 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
     def on_signal(signum, frame) -> None:
         child = state["child"]
         if state["stop"]:  # second request: stop at once; the trial is recovered later
-            if child is not None and child.pid:
-                os.kill(child.pid, signal.SIGKILL)
+            if child is not None:
+                _tell(child.pid, signal.SIGKILL)
             os._exit(130)
         state["stop"] = True
-        if child is not None and child.pid:
-            os.kill(child.pid, signal.SIGTERM)
+        if child is not None:
+            _tell(child.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
 
     study = driver.open_study(cfg)
     worker_name = f"{socket.gethostname()}:{os.getpid()} {label}"
@@ -191,11 +213,12 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         recv, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_trial_process, name=f"hpsearch-trial-{trial.number}",
                             args=(cfg, trial._trial_id, prep, send, os.getpid()))
-        state["child"] = child
-        child.start()
+        with _signals_held():
+            child.start()
+            state["child"] = child
+            if state["stop"]:  # asked before there was a child to tell
+                _tell(child.pid, signal.SIGTERM)
         send.close()
-        if state["stop"]:
-            os.kill(child.pid, signal.SIGTERM)
         try:
             outcome = recv.recv()  # returns when the child reports, or at EOF when it dies
         except EOFError:
@@ -205,7 +228,7 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         recv.close()
         if outcome is None:
             outcome = _after_exit(study, trial, child.exitcode, state["stop"], time.time() - t0)
-        conn.send(("trial", replace(outcome, worker=label)))
+        conn.send(("trial", replace(outcome, worker=label, seconds=time.time() - t0)))
     conn.close()
     sys.exit(130 if state["stop"] else 0)
 
@@ -245,24 +268,8 @@ def run_pool(
 
     from hpsearch.trainer import prepare
 
-    # The tokenizer's thread pool does not survive fork; the trials do not need it.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    prep = prepare(cfg.trainer, driver.data_dir(cfg), cfg.out / "cache")
-    preload(cfg)
-    deadline = time.time() + cfg.timeout if cfg.timeout else None
-
-    ctx = _context()
     procs: dict[int, tuple[int, mp.process.BaseProcess]] = {}
     readers = {}
-    for i, gpu in enumerate(slots):
-        recv, send = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, name=f"hpsearch-worker-{i}",
-                        args=(cfg, i, gpu, send, prep, deadline, os.getpid()))
-        p.start()
-        send.close()
-        procs[p.sentinel] = (i, p)
-        readers[recv] = i
-
     stops = {"n": 0}
 
     def on_signal(signum, frame) -> None:
@@ -272,11 +279,27 @@ def run_pool(
             note("stopping: the running trials write a checkpoint "
                  "(press Ctrl-C again to stop at once)")
         for _, p in procs.values():
-            if p.pid and p.exitcode is None:
-                os.kill(p.pid, signal.SIGTERM if first else signal.SIGKILL)
+            _tell(p.pid, signal.SIGTERM if first else signal.SIGKILL)
 
-    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     try:
+        # The tokenizer's thread pool does not survive fork; the trials do not need it.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        prep = prepare(cfg.trainer, driver.data_dir(cfg), cfg.out / "cache")
+        preload(cfg)
+        if stops["n"]:
+            raise driver.StudyInterrupted("stopped before any trial started")
+        deadline = time.time() + cfg.timeout if cfg.timeout else None
+        ctx = _context()
+        with _signals_held():  # a worker takes its own handlers before it hears a stop
+            for i, gpu in enumerate(slots):
+                recv, send = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=_worker, name=f"hpsearch-worker-{i}",
+                                args=(cfg, i, gpu, send, prep, deadline, os.getpid()))
+                p.start()
+                send.close()
+                procs[p.sentinel] = (i, p)
+                readers[recv] = i
         while procs or readers:
             for obj in wait([*readers, *procs], timeout=POLL):
                 if obj in readers:
@@ -294,7 +317,8 @@ def run_pool(
                 else:
                     i, p = procs.pop(obj)
                     p.join()
-                    if p.exitcode not in (0, 130) or (p.exitcode == 130 and not stops["n"]):
+                    if stops["n"] < 2 and (p.exitcode not in (0, 130)
+                                           or (p.exitcode == 130 and not stops["n"])):
                         note(f"worker {i} (pid {p.pid}) ended: {_describe_exit(p.exitcode)}; "
                              "its trial is resumed by another worker or the next run")
     finally:
