@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,25 @@ def test_fixed_shape_collate_pads_rows_and_width(tok):
     # Each filler row attends to exactly one token: none attends to nothing (NaN attention).
     assert b["attention_mask"][2:].sum(1).tolist() == [1, 1, 1]
     assert b["attention_mask"][:2].sum().item() == int(enc.lengths.sum())
+
+
+def test_scratch_tokenizer_is_the_same_in_every_process(tmp_path, demo_dir):
+    """Same data, same vocabulary: otherwise the same seed gives another F1 in every study."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from hpsearch.config import ScratchModel; "
+        "from hpsearch.trainer.data import read_data; "
+        "from hpsearch.trainer.modeling import train_wordpiece; "
+        "s = read_data(sys.argv[1]).splits['train'].sentences; "
+        "t = train_wordpiece(s, ScratchModel(vocab_size=300), Path(sys.argv[2])); "
+        "print(sorted(t.get_vocab().items(), key=lambda kv: kv[1]))"
+    )
+    vocabs = [
+        subprocess.run([sys.executable, "-c", code, str(demo_dir), str(tmp_path / f"t{i}")],
+                       capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(i)}).stdout
+        for i in range(2)
+    ]
+    assert vocabs[0] == vocabs[1] and vocabs[0].count("', ") == 300

@@ -44,25 +44,52 @@ def resolve_source(model: str) -> str:
 
 
 def train_wordpiece(sentences: list[list[str]], spec: ScratchModel, out_dir: Path):
-    """A WordPiece tokenizer learnt on the training words, saved once and reused by every trial."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A WordPiece tokenizer built from the training words, saved once and reused by every trial.
+
+    The vocabulary is the special tokens, then characters (word-initial and ``##`` continued)
+    and whole words, each by frequency with ties broken alphabetically, up to ``vocab_size``.
+    The ``tokenizers`` trainer is not used because its merges break ties in hash order: the
+    same data gave another vocabulary in every process, so the same seed and parameters gave
+    another F1 in every study. Every word still tokenizes, whole or as characters.
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(b"wordpiece-v2\n")
     for words in sentences:
         h.update(" ".join(words).encode())
         h.update(b"\n")
     h.update(f"{spec.vocab_size}-{spec.lowercase}".encode())
     folder = out_dir / f"tokenizer-{h.hexdigest()[:16]}"
     if not (folder / "tokenizer.json").exists():
-        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=spec.lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        normalizer = normalizers.BertNormalizer(lowercase=spec.lowercase)
+        pre = pre_tokenizers.BertPreTokenizer()
+        words: Counter[str] = Counter()
+        for sent in sentences:
+            text = normalizer.normalize_str(" ".join(sent))
+            words.update(piece for piece, _ in pre.pre_tokenize_str(text))
+        first: Counter[str] = Counter()
+        inner: Counter[str] = Counter()
+        for w, n in words.items():
+            first[w[0]] += n
+            for c in w[1:]:
+                inner["##" + c] += n
+
+        def by_count(c: Counter[str]) -> list[str]:
+            return [k for k, _ in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+        vocab = dict.fromkeys(_SPECIALS)
+        for piece in [*by_count(first), *by_count(inner),
+                      *(w for w in by_count(words) if len(w) > 1)]:
+            if len(vocab) >= spec.vocab_size:
+                break
+            vocab.setdefault(piece)
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.normalizer = normalizer
+        tok.pre_tokenizer = pre
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=spec.vocab_size, special_tokens=_SPECIALS, show_progress=False
-        )
-        tok.train_from_iterator((" ".join(w) for w in sentences), trainer=trainer)
         fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=spec.lowercase)
         _save_atomic(fast, folder)
     return load_tokenizer(str(folder))
