@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import click
 
 from hpsearch.config import ConfigError, StudyConfig, load_study
 
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _errors(fn):
@@ -26,6 +27,9 @@ def _errors(fn):
         try:
             return fn(*a, **kw)
         except Exception as e:
+            if _is_outage(e):
+                click.echo(f"error: {_outage_line(e)}", err=True)
+                sys.exit(EXIT_FAILED)
             if not isinstance(e, _user_errors()):
                 raise
             click.echo(f"error: {e}", err=True)
@@ -45,6 +49,21 @@ _USER_ERRORS = (
 def _user_errors() -> tuple[type[Exception], ...]:
     loaded = [getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules]
     return (ConfigError, *loaded)
+
+
+def _is_outage(e: BaseException) -> bool:
+    storage = sys.modules.get("hpsearch.storage")
+    return storage is not None and storage.is_outage(e)
+
+
+def _outage_line(e: BaseException) -> str:
+    """The database's own complaint, first line only: it names host and port, not passwords."""
+    root = e
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    first = (str(root).strip().splitlines() or [type(root).__name__])[0]
+    first = re.sub(r"(password=)\S+", r"\1***", first)
+    return f"the study database cannot be reached: {first}"
 
 
 def _load(path: str) -> StudyConfig:
@@ -158,6 +177,9 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
     except driver.StudyInterrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except driver.DiskFull as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FAILED)
     if s.recovered:
         click.echo(f"resumed interrupted trial(s): {', '.join(map(str, s.recovered))}")
     if not s.ran:

@@ -317,6 +317,9 @@ class StudyConfig(_Strict):
     trainer: TrainerConfig
     output_dir: str | None = Field(default=None, description="default runs/<name>")
     keep: Literal["best", "all", "none"] = "best"
+    on_oom: Literal["fail", "halve_batch"] = Field(
+        default="fail", description="halve_batch: retry an out-of-memory trial once, half batch"
+    )
 
     @field_validator("backend", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ its next trial with ``claim_trial``, which counts and asks under the study's loc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -47,7 +48,10 @@ from hpsearch.storage import (
 A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
 A_DIR, A_REASON, A_RETRY_OF = "hpsearch:trial_dir", "hpsearch:fail_reason", "hpsearch:retry_of"
 A_CONFIG, A_WORKER, A_WORKER_PID = "hpsearch:config", "hpsearch:worker", "hpsearch:worker_pid"
-INTERRUPTED = "interrupted"
+# A trial another one takes over (it does not count), and what that one trains differently.
+A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_overrides", \
+    "hpsearch:oom_retry"
+INTERRUPTED, DISK_FULL, OOM = "interrupted", "disk_full", "oom"
 
 # hpsearch runs its own heartbeat thread around ask/tell (see Heartbeat below).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -115,8 +119,9 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 
 def counts_toward_total(t: FrozenTrial) -> bool:
-    """Every trial counts once, except an interrupted one (its continuation counts instead)."""
-    return t.system_attrs.get(A_REASON) != INTERRUPTED
+    """Every trial counts once, except one taken over by another (an interrupted trial's
+    continuation, an out-of-memory trial's retry): that one counts instead."""
+    return t.system_attrs.get(A_REASON) != INTERRUPTED and not t.system_attrs.get(A_RETRIED)
 
 
 def n_counted(study: optuna.Study) -> int:
@@ -196,17 +201,34 @@ def interrupt(study: optuna.Study, trial_id: int) -> None:
     queue_continuation(study, storage.get_trial(trial_id))
 
 
-def queue_continuation(study: optuna.Study, t: FrozenTrial) -> None:
+def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = True,
+                       extra: dict[str, Any] | None = None) -> None:
+    """A WAITING trial with ``t``'s parameters; ``resume`` continues from its checkpoints."""
+    attrs = {"fixed_params": t.params, A_RETRY_OF: t.number, **(extra or {})}
+    if resume and A_DIR in t.system_attrs:
+        attrs[A_DIR] = t.system_attrs[A_DIR]
+    if A_OVERRIDES in t.system_attrs and A_OVERRIDES not in attrs:
+        attrs[A_OVERRIDES] = t.system_attrs[A_OVERRIDES]
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
             params=t.params,
             distributions=t.distributions,
-            user_attrs=t.user_attrs,
-            system_attrs={"fixed_params": t.params, A_RETRY_OF: t.number,
-                          **({A_DIR: t.system_attrs[A_DIR]} if A_DIR in t.system_attrs else {})},
+            user_attrs={} if not resume else t.user_attrs,
+            system_attrs=attrs,
         )
     )
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain; safetensors reports it as text, not as an OSError."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e) or "StorageFull" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class Heartbeat:
@@ -342,6 +364,15 @@ class StudyInterrupted(Exception):
     """The run stopped on request; the interrupted trial is queued to resume."""
 
 
+class DiskFull(Exception):
+    """A trial could not write to the disk; it is queued to resume once there is space."""
+
+
+def disk_full_message(outcome: TrialOutcome, cfg: StudyConfig) -> str:
+    return (f"no space left on the device of {cfg.out} (trial {outcome.number}); its last good "
+            "checkpoint is kept: free some space and run again to resume it")
+
+
 def trial_dir(cfg: StudyConfig, number: int) -> Path:
     return cfg.out / "trials" / f"trial-{number:04d}"
 
@@ -360,6 +391,7 @@ def run_trial(
     params = suggest(trial, cfg.search_space)
     out = trial_dir(cfg, trial.number)
     attrs = storage.get_trial(trial._trial_id).system_attrs
+    overrides = attrs.get(A_OVERRIDES, {})
     resume_from = Path(attrs[A_DIR]) / "checkpoints" if A_DIR in attrs else None
     for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
         storage.set_trial_system_attr(trial._trial_id, k, v)
@@ -370,8 +402,9 @@ def run_trial(
 
     with Heartbeat(study, trial._trial_id):
         try:
+            tcfg = cfg.trainer_for({**params, **overrides})
             result = train(
-                cfg.trainer_for(params), prep, out, reporter=trial, resume_from=resume_from,
+                tcfg, prep, out, reporter=trial, resume_from=resume_from,
                 should_stop=stop, metric=cfg.metric, maximize=cfg.direction == "maximize",
             )
         except TrialPrunedAt as e:
@@ -379,22 +412,41 @@ def run_trial(
             study.tell(trial, state=TrialState.PRUNED)  # its value: the last F1 reported
             shutil.rmtree(out / "checkpoints", ignore_errors=True)  # never resumed, whatever keep
             return done(TrialState.PRUNED, e.value)
-        except TrialStopped as e:
-            trial.set_user_attr("fail_reason", e.reason)
-            trial.set_user_attr("error", str(e))
-            storage.set_trial_system_attr(trial._trial_id, A_REASON, e.reason)
-            study.tell(trial, state=TrialState.FAIL)
-            return done(TrialState.FAIL, None, e.reason)
         except Interrupted as e:
             interrupt(study, trial._trial_id)
             raise StudyInterrupted(f"trial {trial.number} checkpointed; run again to resume") from e
         except Exception as e:
-            reason = "oom" if isinstance(e, MemoryError | _oom_error()) else "error"
+            if isinstance(e, TrialStopped):
+                reason, error = e.reason, str(e)
+            else:
+                reason = "error"
+                if isinstance(e, MemoryError | _oom_error()):
+                    reason = OOM
+                elif is_disk_full(e):
+                    reason = DISK_FULL
+                error = f"{type(e).__name__}: {e}"[:2000]
+                trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            del e  # its traceback holds the model and the batch: free them before a retry
             trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
-            trial.set_user_attr("traceback", traceback.format_exc()[-8000:])
+            trial.set_user_attr("error", error)
             storage.set_trial_system_attr(trial._trial_id, A_REASON, reason)
+            retry: dict[str, Any] | None = None
+            if reason == OOM:
+                _free_accelerator_memory()
+                if cfg.on_oom == "halve_batch" and not attrs.get(A_OOM_RETRY):
+                    half = {"max_tokens": max(16, tcfg.max_tokens // 2)}
+                    if tcfg.batch_size:
+                        half["batch_size"] = max(1, tcfg.batch_size // 2)
+                    retry = {"resume": False,
+                             "extra": {A_OVERRIDES: {**overrides, **half}, A_OOM_RETRY: True}}
+                    reason = f"{OOM}, retried with max_tokens={half['max_tokens']}"
+            elif reason == DISK_FULL:
+                retry = {"resume": True}  # from its last checkpoint, once space is freed
+            if retry is not None:
+                storage.set_trial_system_attr(trial._trial_id, A_RETRIED, True)
             study.tell(trial, state=TrialState.FAIL)
+            if retry is not None:
+                queue_continuation(study, storage.get_trial(trial._trial_id), **retry)
             return done(TrialState.FAIL, None, reason)
         for k, v in (
             ("best_step", result.best_step), ("steps", result.steps),
@@ -413,6 +465,16 @@ def _oom_error() -> type:
     import torch
 
     return torch.OutOfMemoryError
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _scores_attr(scores: dict) -> dict:
@@ -438,11 +500,14 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
         best = study.best_trial
     except ValueError:
         best = None
+    # Trials whose continuation has yet to adopt their checkpoints (and best weights).
+    pending = {t.system_attrs.get(A_RETRY_OF) for t in trials
+               if t.state in (TrialState.RUNNING, TrialState.WAITING)}
     for t in trials:
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or A_DIR not in t.system_attrs:
             continue
-        if t.system_attrs.get(A_REASON) == INTERRUPTED:
-            continue  # its continuation resumes from these checkpoints
+        if t.number in pending:
+            continue
         d = Path(t.system_attrs[A_DIR])
         if cfg.keep != "all":
             shutil.rmtree(d / "checkpoints", ignore_errors=True)
@@ -548,9 +613,11 @@ def run(
                 break
             outcome = run_trial(study, trial, cfg, prep, stop)
             ran.append(outcome)
-            tidy(study, cfg)
             if on_trial is not None:
                 on_trial(outcome, study)
+            if outcome.reason == DISK_FULL:  # every next trial would fail the same way
+                raise DiskFull(disk_full_message(outcome, cfg))
+            tidy(study, cfg)
     return summarize(study, cfg, ran, recovered)
 
 

@@ -139,7 +139,7 @@ def _trial_process(cfg: StudyConfig, trial_id: int, prep, conn, parent: int) -> 
             outcome = driver.TrialOutcome(t.number, t.state, None, t.params, 0.0,
                                           driver.INTERRUPTED)
             code = 130
-    if code == 0:
+    if code == 0 and outcome.reason != driver.DISK_FULL:
         driver.tidy(study, cfg)
     conn.send(outcome)
     conn.close()
@@ -229,6 +229,8 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         if outcome is None:
             outcome = _after_exit(study, trial, child.exitcode, state["stop"], time.time() - t0)
         conn.send(("trial", replace(outcome, worker=label, seconds=time.time() - t0)))
+        if outcome.reason == driver.DISK_FULL:  # the next trial would fail the same way
+            break
     conn.close()
     sys.exit(130 if state["stop"] else 0)
 
@@ -326,6 +328,9 @@ def run_pool(
             signal.signal(sig, handler)
     if stops["n"] >= 2:
         raise driver.StudyInterrupted("stopped at once; run again to resume the trials")
+    full = [o for o in ran if o.reason == driver.DISK_FULL]
+    if full:
+        raise driver.DiskFull(driver.disk_full_message(full[0], cfg))
     driver.tidy(study, cfg)
     if stops["n"] and driver.work_left(study, cfg.n_trials):
         raise driver.StudyInterrupted("the running trials checkpointed; run again to resume")

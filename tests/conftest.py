@@ -70,3 +70,21 @@ def hpsearch(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProc
         [sys.executable, "-m", "hpsearch", *args], capture_output=True, text=True,
         timeout=timeout, env=env, cwd=kw.pop("cwd", REPO), **kw,
     )
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL server on 127.0.0.1 for the whole run (see tests/pg.py)."""
+    import warnings
+
+    import pg
+
+    try:
+        server = pg.start_server()
+    except pg.Unavailable as e:
+        msg = f"POSTGRESQL TESTS SKIPPED: {e}"
+        warnings.warn(msg, stacklevel=1)
+        print(f"\n{'!' * 80}\n{msg}\n{'!' * 80}", file=sys.__stderr__)
+        pytest.skip(msg)
+    yield server
+    server.stop()

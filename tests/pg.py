@@ -80,14 +80,7 @@ class Server:
                       "--no-sync"),
             check=True, capture_output=True, text=True,
         )
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200 -c shared_buffers=32MB")
-        subprocess.run(
-            self._cmd("pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"),
-                      "-o", opts, "-w", "-t", "60", "start"),
-            check=True, capture_output=True, text=True,
-        )
+        self.resume()
         import psycopg
 
         deadline = time.time() + 30
@@ -101,6 +94,22 @@ class Server:
             except psycopg.OperationalError:
                 if time.time() > deadline:
                     raise
+
+    def resume(self) -> None:
+        """Start the server on its existing cluster (after ``start``'s initdb, or a ``halt``)."""
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                "-c max_connections=200 -c shared_buffers=32MB")
+        subprocess.run(
+            self._cmd("pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"),
+                      "-o", opts, "-w", "-t", "60", "start"),
+            check=True, capture_output=True, text=True,
+        )
+
+    def halt(self) -> None:
+        """Stop the server and keep its data: a restart, as the clients see it."""
+        subprocess.run(self._cmd("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"),
+                       check=True, capture_output=True, text=True)
 
     def stop(self) -> None:
         subprocess.run(self._cmd("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "stop"),

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import optuna
@@ -31,19 +30,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
 # A trial of a few tenths of a second: what is measured here is the orchestration.
 TINY = {"train_limit": 40, "val_limit": 20, "max_epochs": 1}
-
-
-@pytest.fixture(scope="session")
-def pg_server():
-    try:
-        server = pg.start_server()
-    except pg.Unavailable as e:
-        msg = f"POSTGRESQL TESTS SKIPPED: {e}"
-        warnings.warn(msg, stacklevel=1)
-        print(f"\n{'!' * 80}\n{msg}\n{'!' * 80}", file=sys.__stderr__)
-        pytest.skip(msg)
-    yield server
-    server.stop()
 
 
 def _write(tmp_path: Path, demo_dir: Path, **over) -> Path:

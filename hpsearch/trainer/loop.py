@@ -402,6 +402,10 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
                 reporter.report(value, int(step))
         if found.path.parent != ckpt_root:  # adopt the old trial's checkpoint as our own
             ckpt.save(ckpt_root, model=model, optimizer=optimizer, scaler=scaler, state=st)
+            # and its best weights: the best evaluation may have come before the interruption.
+            old_best = found.path.parent.parent / "best" / "model.safetensors"
+            if old_best.exists():
+                _copy_atomic(old_best, out_dir / "best" / "model.safetensors")
 
     # A bad loss is flagged on the device and read every `sync_every` steps: reading it every
     # step would make the CPU wait for the GPU each time.
@@ -575,6 +579,15 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
         stopped_early=stopped_early,
         history=st["history"],
     )
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _save_best(model: torch.nn.Module, out_dir: Path) -> None:

@@ -1,0 +1,120 @@
+"""The study database under stress, on a real PostgreSQL server: a worker SIGKILLed mid-trial,
+the server restarted mid-study, and a password that never reaches the screen or a log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pg
+import pytest
+import yaml
+from conftest import REPO, hpsearch, study_dict
+from optuna.trial import TrialState
+
+from hpsearch.trainer.checkpoint import list_checkpoints
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+ENV = {"HP_TEST_PG_PASSWORD": pg.PASSWORD, "HPSEARCH_DB_RETRY_SECONDS": "120"}
+
+
+def _study(tmp_path: Path, demo_dir: Path, server, name: str, **over) -> Path:
+    d = study_dict(tmp_path, demo_dir, **over)
+    d["name"] = name
+    d["storage"] = server.url(password="${HP_TEST_PG_PASSWORD}")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _trials(server, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=server.url()).get_trials()
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **ENV},
+    )
+
+
+def _no_password_anywhere(out_dir: Path, *texts: str) -> None:
+    for text in texts:
+        assert pg.PASSWORD not in text
+    for f in out_dir.rglob("*"):
+        if f.is_file() and f.suffix in (".log", ".jsonl", ".json", ".txt", ".yaml"):
+            assert pg.PASSWORD not in f.read_text(errors="replace"), f
+
+
+def test_sigkilled_worker_on_postgresql_resumes_from_its_checkpoint(tmp_path, demo_dir,
+                                                                    pg_server):
+    slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 4}
+    path = _study(tmp_path, demo_dir, pg_server, "faults-kill", n_trials=2, trainer=slow)
+    proc = _start("run", str(path))
+    ckpts = tmp_path / "out" / "trials" / "trial-0000" / "checkpoints"
+    deadline = time.time() + 120
+    while not list_checkpoints(ckpts):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    out, err = proc.communicate()
+    killed = _trials(pg_server, "faults-kill")[0]
+    assert killed.state == TrialState.RUNNING
+
+    r = hpsearch("resume", str(path), env=ENV)
+    assert r.returncode == 0, r.stderr
+    ts = _trials(pg_server, "faults-kill")
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    cont = next(t for t in ts if t.system_attrs.get("hpsearch:retry_of") == 0)
+    assert cont.params == killed.params and cont.user_attrs["resumed_from_step"] >= 4
+    _no_password_anywhere(tmp_path / "out", out, err, r.stdout, r.stderr)
+
+
+def test_database_restart_mid_study_loses_and_duplicates_nothing(tmp_path, demo_dir, pg_server):
+    trainer = {"train_limit": 200, "val_limit": 40, "max_tokens": 512, "max_epochs": 2}
+    path = _study(tmp_path, demo_dir, pg_server, "faults-restart", n_trials=6, trainer=trainer)
+    proc = _start("run", str(path), "--workers", "3")
+    deadline = time.time() + 180
+    while not any(t.state == TrialState.COMPLETE for t in _trials_or_none(pg_server)):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    pg_server.halt()  # the server goes away in the middle of running trials...
+    time.sleep(4)
+    pg_server.resume()  # ...and comes back
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "unreachable" in err  # the workers waited, and said so
+    ts = _trials(pg_server, "faults-restart")
+    assert [t.number for t in ts] == list(range(6))
+    assert [t.state for t in ts] == [TrialState.COMPLETE] * 6
+    assert len({tuple(sorted(t.params.items())) for t in ts}) == 6
+    assert "6/6 trials" in out
+    _no_password_anywhere(tmp_path / "out", out, err)
+
+
+def _trials_or_none(server) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return _trials(server, "faults-restart")
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def test_unreachable_database_is_one_line_without_the_password(tmp_path, demo_dir, pg_server):
+    path = _study(tmp_path, demo_dir, pg_server, "faults-down")
+    d = yaml.safe_load(path.read_text())
+    d["storage"] = d["storage"].replace(f":{pg_server.port}/", ":1/")  # nothing listens there
+    path.write_text(yaml.safe_dump(d))
+    r = hpsearch("run", str(path), env={**ENV, "HPSEARCH_DB_RETRY_SECONDS": "1"})
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the study database cannot be reached"), r.stderr
+    assert "Traceback" not in r.stderr
+    assert "hp:***@127.0.0.1:1/" in r.stdout + r.stderr
+    _no_password_anywhere(tmp_path, r.stdout, r.stderr)

@@ -1,0 +1,89 @@
+"""The disk fills while a trial writes: the last good checkpoint stays, the database is intact,
+the trial is recorded with reason disk_full, and the next run resumes it once there is space.
+
+The disk is a real one: a small tmpfs mounted for the test (root only; skipped loudly without
+the right to mount), holding the study's output folder. A watcher fills it up with a ballast
+file as soon as the trial's first checkpoint is on it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import cli, tiny_study, trials
+from optuna.trial import TrialState
+
+from hpsearch.trainer import checkpoint as ckpt
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = f"DISK-FULL TEST SKIPPED: cannot mount a tmpfs here ({r.stderr.strip()})"
+        warnings.warn(msg, stacklevel=1)
+        print(f"\n{'!' * 80}\n{msg}\n{'!' * 80}", file=sys.__stderr__)
+        pytest.skip(msg)
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill_when_checkpointed(trial_dir: Path, ballast: Path, done: threading.Event) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.list_checkpoints(trial_dir / "checkpoints"):
+        time.sleep(0.005)
+    with open(ballast, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    done.set()
+
+
+def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path, demo_dir,
+                                                                       small_disk):
+    path = tiny_study(
+        tmp_path, demo_dir, n_trials=1, output_dir=str(small_disk / "out"),
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        trainer={"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 3},
+    )
+    trial_dir = small_disk / "out" / "trials" / "trial-0000"
+    ballast, filled = small_disk / "ballast", threading.Event()
+    watcher = threading.Thread(target=_fill_when_checkpointed,
+                               args=(trial_dir, ballast, filled), daemon=True)
+    watcher.start()
+    r = cli("run", str(path))
+    watcher.join(timeout=60)
+    assert filled.is_set()
+    assert r.exit_code == 1, r.output
+    msg = r.stderr.strip().splitlines()[-1]
+    assert msg.startswith("error: no space left on the device") and "run again" in msg
+
+    ts = trials(path)  # the database is intact and says what happened
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
+    assert ts[0].system_attrs["hpsearch:fail_reason"] == "disk_full"
+    good = ckpt.latest(trial_dir / "checkpoints")
+    assert good is not None and good.step >= 3  # whole, checksummed, loadable
+    assert not [p for p in (trial_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+
+    ballast.unlink()  # the user frees some space and runs the same command again
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.output
+    ts = trials(path)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert ts[1].params == ts[0].params and ts[1].system_attrs["hpsearch:retry_of"] == 0
+    assert ts[1].user_attrs["resumed_from_step"] == good.step
+    assert "1/1 trials" in r.output
+    assert yaml.safe_load(path.read_text())["n_trials"] == 1
