@@ -1,8 +1,8 @@
 """Pruning on validation F1: hopeless trials stop early, are recorded PRUNED, and free their disk.
 
-Trials here are the tiny study of conftest (16 optimizer steps, evaluated every 4 or every 2),
+Trials here are the tiny study of conftest (about 16 optimizer steps, evaluated every 4),
 with parameters enqueued so that which trials are hopeless is known in advance: a learning rate
-of 1e-5 or below learns nothing in 16 steps on the demo data, 1e-2 reaches F1 ~0.5.
+of 1e-5 or below learns nothing in so few steps on the demo data, 1e-2 reaches F1 ~0.5.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
     hs.run(cfg)
     trials = _stored(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
-    eval_steps = [4, 8, 12, 16]
+    # One step scale for every trial: optimizer steps, every eval_every and at the last step.
+    eval_steps = sorted(trials[0].intermediate_values)
+    assert eval_steps[:-1] == list(range(4, eval_steps[-1], 4))
     for t in trials:
-        # One step scale for every trial: optimizer steps, at the same evaluations.
         assert sorted(t.intermediate_values) == eval_steps[: len(t.intermediate_values)]
         ckpts = Path(t.system_attrs["hpsearch:trial_dir"]) / "checkpoints"
         if t.state == TrialState.COMPLETE:
