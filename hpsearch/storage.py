@@ -164,6 +164,9 @@ for _name in (
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
     "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+    # what Optuna's cached storage calls on its backend directly
+    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+    "_get_stale_trial_ids",
 ):
     setattr(RetryingRDBStorage, _name, _retrying(_name))
 
