@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 # The CPU build of torch; GPU users install their own torch first and keep it (pyproject takes a range).
 TORCH   ?= torch==2.13.0
 STAMP   := $(VENV)/.installed
+# Test processes: one per core (pytest-xdist); the suite is CPU-bound and single-threaded.
+TEST_JOBS ?= auto
 
 .PHONY: setup sysdeps demo test lint clean minilm
 
@@ -42,7 +44,7 @@ sysdeps:
 
 test: setup sysdeps
 	$(BIN)/ruff check hpsearch tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check hpsearch tests bench
