@@ -123,30 +123,3 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, demo_dir, ca
     assert resumed.resumed_from_step == 10
     assert "skipping damaged checkpoint" in caplog.text and "step-00000013" in caplog.text
     assert resumed.value == train(cfg, prep, tmp_path / "fresh").value
-
-
-def test_planted_pickle_in_checkpoint_is_not_executed(tmp_path, demo_dir):
-    """training.pt is read with weights_only=True: a pickle payload is refused, never run."""
-    import pickle
-
-    cfg = load_study(write_study(tmp_path, demo_dir, trainer=SLOW)).trainer_for({})
-    prep = prepare(cfg, demo_dir, tmp_path / "cache")
-    with pytest.raises(Interrupted):
-        train(cfg, prep, tmp_path / "t", should_stop=lambda: True)
-    ckpt = list_checkpoints(tmp_path / "t" / "checkpoints")[-1]
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    (ckpt / "training.pt").write_bytes(pickle.dumps(Payload()))
-    # Even with a matching checksum, loading refuses the payload.
-    import hashlib
-
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    manifest["training.pt"] = hashlib.sha256((ckpt / "training.pt").read_bytes()).hexdigest()
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(Exception, match="(?i)weights_only|unpickl"):
-        train(cfg, prep, tmp_path / "t")
-    assert not marker.exists()
