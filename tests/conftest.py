@@ -63,6 +63,15 @@ def write_study(tmp_path: Path, data_dir: Path, name: str = "study.yaml", **over
     return path
 
 
+def spawn_hpsearch(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """The real command line started in the background, for tests that signal or kill it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", *args], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
 def hpsearch(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """The real command line, in a child process, as a user would run it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, hpsearch, write_study
+from conftest import hpsearch, spawn_hpsearch, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study
@@ -25,11 +23,7 @@ SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 2, "checkpoint_ever
 
 
 def _start(path: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(path)], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return spawn_hpsearch("run", str(path))
 
 
 def _wait_for_checkpoint(trial_dir: Path, proc: subprocess.Popen, min_step: int = 10) -> None:

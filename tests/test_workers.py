@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import optuna
 import pg
 import pytest
 import yaml
-from conftest import REPO, hpsearch, study_dict
+from conftest import hpsearch, spawn_hpsearch, study_dict
 from optuna.trial import TrialState
 
 from hpsearch import study as driver
@@ -112,11 +110,7 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     slow = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
     path = _write(tmp_path, demo_dir, name="kill", n_trials=4, trainer=slow)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(path), "--workers", "3"], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_hpsearch("run", str(path), "--workers", "3")
     trials_dir = tmp_path / "out" / "trials"
     deadline = time.time() + 120
     study = None
@@ -175,11 +169,7 @@ def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_pat
     slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
     path = _write(tmp_path, demo_dir, name="ctrl-c", n_trials=2, trainer=slow)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(path), "--workers", "2"], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_hpsearch("run", str(path), "--workers", "2")
     dirs = [tmp_path / "out" / "trials" / f"trial-{i:04d}" / "checkpoints" for i in (0, 1)]
     deadline = time.time() + 120
     while not all(list_checkpoints(d) for d in dirs):

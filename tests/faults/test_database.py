@@ -3,10 +3,8 @@ the server restarted mid-study, and a password that never reaches the screen or 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import optuna
 import pg
 import pytest
 import yaml
-from conftest import REPO, hpsearch, study_dict
+from conftest import hpsearch, spawn_hpsearch, study_dict
 from optuna.trial import TrialState
 
 from hpsearch.trainer.checkpoint import list_checkpoints
@@ -38,11 +36,7 @@ def _trials(server, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", *args], cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **ENV},
-    )
+    return spawn_hpsearch(*args, env=ENV)
 
 
 def _no_password_anywhere(out_dir: Path, *texts: str) -> None:
