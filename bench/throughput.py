@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -221,6 +222,49 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, name
 
 
+#: Self-CPU time of torch ops, grouped by what the work is (``--profile``).
+OP_GROUPS = {
+    "dropout masks (bernoulli_)": ("aten::bernoulli_",),
+    "matmuls (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "attention softmax and masks": ("aten::_softmax", "aten::_softmax_backward_data",
+                                    "aten::all", "aten::isneginf", "aten::where",
+                                    "aten::bitwise_and"),
+    "elementwise (mul, div, add, gelu, copy, fill, sum)": (
+        "aten::mul", "aten::div_", "aten::add", "aten::add_", "aten::gelu",
+        "aten::gelu_backward", "aten::copy_", "aten::fill_", "aten::sum", "aten::mul_"),
+    "layer norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "embeddings and loss": ("aten::embedding_dense_backward", "aten::index_select",
+                            "aten::_log_softmax", "aten::_log_softmax_backward_data",
+                            "aten::nll_loss_forward", "aten::nll_loss_backward"),
+    "optimizer and grad clipping": ("aten::_fused_adamw_", "Optimizer.step#AdamW.step",
+                                    "aten::linalg_vector_norm", "aten::_foreach_norm"),
+}
+
+
+def profiled(fn):
+    """Run ``fn`` under torch.profiler; return its result and self-CPU seconds per op name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return result, {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+
+
+def print_profile(ours: dict[str, float], hf: dict[str, float]) -> None:
+    """Where one epoch's op time goes on each side: shared kernels against the rest."""
+    print(f"{'self CPU seconds of torch ops, one epoch':<52}{'ours':>8}{'HF':>8}")
+    seen: set[str] = set()
+    rows = list(OP_GROUPS.items())
+    rows.append(("HF data loader", tuple(k for k in hf if k.startswith("enumerate(DataLoader)"))))
+    for name, keys in rows:
+        seen.update(keys)
+        print(f"  {name:<50}{sum(ours.get(k, 0) for k in keys):8.3f}"
+              f"{sum(hf.get(k, 0) for k in keys):8.3f}")
+    rest = [sum(v for k, v in side.items() if k not in seen) for side in (ours, hf)]
+    print(f"  {'other ops (views, allocations, autograd nodes)':<50}{rest[0]:8.3f}{rest[1]:8.3f}")
+    print(f"  {'total':<50}{sum(ours.values()):8.3f}{sum(hf.values()):8.3f}")
+
+
 def fmt_mem(peak: int | None) -> str:
     return "n/a (cpu)" if peak is None else f"{peak / 2**30:.2f} GiB"
 
@@ -241,13 +285,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (1: CPU time then measures the trainer alone)")
     ap.add_argument("--no-f1", action="store_true", help="cuda: skip the un-graphed epoch")
+    ap.add_argument("--profile", action="store_true",
+                    help="run each side once under torch.profiler and print where the op "
+                    "time goes (slower; the rates then include the profiler)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         sys.exit(2)
     cuda = args.device == "cuda"
     steps, warmup = args.steps, args.warmup
-    repeats = args.repeats or (1 if args.quick or cuda else 2)
+    repeats = 1 if args.profile else args.repeats or (1 if args.quick or cuda else 2)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     from transformers.utils import logging as hf_logging
@@ -284,16 +331,23 @@ def main() -> None:
     pick = 1 if cuda else 0
     ours, hf = [], []
     ours_peak = hf_peak = None
+    ops: dict[str, dict[str, float]] = {}
     for r in range(repeats):
         order = ("hf", "ours") if r % 2 == 0 else ("ours", "hf")
         for side in order:
             out = work / f"{side}-{r}"
+            go = (partial(run_ours, ours_cfg, prep, out, warmup, steps) if side == "ours"
+                  else partial(run_hf, cfg, prep, out, hf_batch, warmup, steps))
+            if args.profile:
+                got, ops[side] = profiled(go)
+            else:
+                got = go()
             if side == "ours":
-                tps, ours_peak, result = run_ours(ours_cfg, prep, out, warmup, steps)
+                tps, ours_peak, result = got
                 ours.append(tps[pick])
                 f1_on = result.value
             else:
-                tps, hf_peak = run_hf(cfg, prep, out, hf_batch, warmup, steps)
+                tps, hf_peak = got
                 hf.append(tps[pick])
             print(f"  run {r + 1} {side:>4}: {tps[1]:>10,.0f} tokens/s wall-clock, "
                   f"{tps[0]:>10,.0f} tokens/s of CPU time", flush=True)
@@ -328,6 +382,8 @@ def main() -> None:
         print("MFU: n/a (cpu)")
     for line in f1_lines:
         print(line)
+    if ops:
+        print_profile(ops["ours"], ops["hf"])
     print(f"ratio={ratio:.3f}")
 
 
