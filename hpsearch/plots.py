@@ -46,7 +46,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 
 #: fANOVA's cost grows with trees x depth x trials; past this many completed trials the
 #: importances see an evenly spaced subsample, which the page says.
-IMPORTANCE_MAX_TRIALS = 300
+IMPORTANCE_MAX_TRIALS = 200
 IMPORTANCE_MIN_TRIALS = 4
 LANDSCAPE_GRID = 60
 FIG_HEIGHT = 460
