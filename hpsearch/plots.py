@@ -17,8 +17,11 @@ from __future__ import annotations
 import html
 import math
 import os
+import pickle
 import statistics
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -135,6 +138,7 @@ def build_views(snap: optuna.Study, cfg: StudyConfig) -> Views:
     done = _completed(trials)
     names = _params(cfg, trials)
     views = Views()
+    aside = _importances_aside(snap, done, names, cfg) if done else None
     if not done:
         msg = "No completed trial yet: nothing to plot against the metric."
         for key in ("history", "landscape", "parallel", "slice", "importances"):
@@ -159,8 +163,57 @@ def build_views(snap: optuna.Study, cfg: StudyConfig) -> Views:
             optuna.visualization.plot_slice(snap, params=params, target_name=cfg.metric),
             "Metric against each parameter",
         )
-        _add_importances(views, snap, done, names, cfg)
+        if aside is None or not aside.collect(views):
+            _add_importances(views, snap, done, names, cfg)
     return views
+
+
+#: From this many completed trials on, and only in a process with no other thread, fANOVA
+#: runs in a forked child while this process draws the other figures: importing it (it pulls in
+#: scikit-learn and SciPy) and fitting its forest cost seconds, and there is a second core.
+IMPORTANCE_ASIDE_MIN = 100
+
+
+@dataclass
+class _Aside:
+    pid: int
+    fd: int
+
+    def collect(self, views: Views) -> bool:
+        """Adds the child's figure and notes; False if it failed (then compute them here)."""
+        with os.fdopen(self.fd, "rb") as f:
+            payload = f.read()
+        os.waitpid(self.pid, 0)
+        if not payload:
+            return False
+        # Our own child's bytes, through a pipe only the two of us hold: not a file anyone
+        # else could have written.
+        figs, notes = pickle.loads(payload)
+        views.figures.update({k: go.Figure(v) for k, v in figs.items()})
+        views.notes.update(notes)
+        return True
+
+
+def _importances_aside(snap: optuna.Study, done: list[FrozenTrial], names: list[str],
+                       cfg: StudyConfig) -> _Aside | None:
+    if (len(done) < IMPORTANCE_ASIDE_MIN or not hasattr(os, "fork")
+            or threading.active_count() > 1 or "optuna.importance" in sys.modules):
+        return None  # small, already imported, or forking could inherit a held lock
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            side = Views()
+            _add_importances(side, snap, done, names, cfg)
+            data = pickle.dumps(({k: f.to_plotly_json() for k, f in side.figures.items()},
+                                 side.notes))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        finally:
+            os._exit(0)
+    os.close(w)
+    return _Aside(pid, r)
 
 
 def _titled(fig: go.Figure, title: str, height: int = FIG_HEIGHT) -> go.Figure:

@@ -193,6 +193,21 @@ def test_500_trials_under_five_seconds(tmp_path):
             in section(page, "importances"))
 
 
+def test_plot_command_on_500_trials_draws_importances_beside_the_rest(tmp_path):
+    """The command a user types, in its own process: fANOVA runs in a forked child there."""
+    from conftest import hpsearch
+    from views_helpers import write_study_yaml
+
+    path = write_study_yaml(tmp_path, storage="journal")
+    make_synthetic_study(tmp_path, 500, storage="journal")
+    r = hpsearch("plot", str(path), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    importances = section(page, "importances")
+    assert 'id="plot-importances"' in importances and "learning_rate" in importances
+    assert f"Computed on {plots.IMPORTANCE_MAX_TRIALS} of" in importances
+
+
 # ----------------------------------------------------------------------------- PNG
 
 
