@@ -47,6 +47,7 @@ from hpsearch.storage import (
 # System attributes hpsearch keeps on trials (the dashboard shows them too).
 A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
 A_DIR, A_REASON, A_RETRY_OF = "hpsearch:trial_dir", "hpsearch:fail_reason", "hpsearch:retry_of"
+A_FROM = "hpsearch:resumed_from_dir"  # the trial folder whose checkpoints a continuation loads
 A_CONFIG, A_WORKER, A_WORKER_PID = "hpsearch:config", "hpsearch:worker", "hpsearch:worker_pid"
 # A trial another one takes over (it does not count), and what that one trains differently.
 A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_overrides", \
@@ -207,6 +208,10 @@ def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = Tr
     attrs = {"fixed_params": t.params, A_RETRY_OF: t.number, **(extra or {})}
     if resume and A_DIR in t.system_attrs:
         attrs[A_DIR] = t.system_attrs[A_DIR]
+        if not _has_checkpoint(attrs[A_DIR]) and A_FROM in t.system_attrs:
+            # It died before writing one of its own (a continuation that could not even
+            # adopt its predecessor's): the next one goes back to where it would have started.
+            attrs[A_DIR] = t.system_attrs[A_FROM]
     if A_OVERRIDES in t.system_attrs and A_OVERRIDES not in attrs:
         attrs[A_OVERRIDES] = t.system_attrs[A_OVERRIDES]
     study.add_trial(
@@ -218,6 +223,11 @@ def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = Tr
             system_attrs=attrs,
         )
     )
+
+
+def _has_checkpoint(trial_dir: str) -> bool:
+    ckpts = Path(trial_dir) / "checkpoints"
+    return ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir())
 
 
 def is_disk_full(e: BaseException | None) -> bool:
@@ -395,6 +405,8 @@ def run_trial(
     resume_from = Path(attrs[A_DIR]) / "checkpoints" if A_DIR in attrs else None
     for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
         storage.set_trial_system_attr(trial._trial_id, k, v)
+    if resume_from is not None and resume_from.parent != out:
+        storage.set_trial_system_attr(trial._trial_id, A_FROM, str(resume_from.parent))
 
     def done(state: TrialState, value: float | None, reason: str | None = None,
              resumed: int | None = None) -> TrialOutcome:
@@ -501,12 +513,13 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
     except ValueError:
         best = None
     # Trials whose continuation has yet to adopt their checkpoints (and best weights).
-    pending = {t.system_attrs.get(A_RETRY_OF) for t in trials
-               if t.state in (TrialState.RUNNING, TrialState.WAITING)}
+    # Folders whose checkpoints (and best weights) a continuation has yet to adopt.
+    wanted = {t.system_attrs.get(A_DIR) for t in trials if t.state == TrialState.WAITING}
+    wanted |= {t.system_attrs.get(A_FROM) for t in trials if t.state == TrialState.RUNNING}
     for t in trials:
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or A_DIR not in t.system_attrs:
             continue
-        if t.number in pending:
+        if t.system_attrs[A_DIR] in wanted:
             continue
         d = Path(t.system_attrs[A_DIR])
         if cfg.keep != "all":

@@ -78,12 +78,22 @@ def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path
     assert good is not None and good.step >= 3  # whole, checksummed, loadable
     assert not [p for p in (trial_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
 
+    # Run again before freeing anything: the continuation cannot even adopt the checkpoint;
+    # it fails the same way and hands the same checkpoint on.
+    r = cli("run", str(path))
+    assert r.exit_code == 1 and "no space left" in r.stderr
+    ts = trials(path)
+    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert ts[1].system_attrs["hpsearch:fail_reason"] == "disk_full"
+    assert ts[2].system_attrs["hpsearch:trial_dir"] == str(trial_dir)
+    assert ckpt.latest(trial_dir / "checkpoints").path == good.path
+
     ballast.unlink()  # the user frees some space and runs the same command again
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
     ts = trials(path)
-    assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert ts[1].params == ts[0].params and ts[1].system_attrs["hpsearch:retry_of"] == 0
-    assert ts[1].user_attrs["resumed_from_step"] == good.step
+    assert [t.state for t in ts] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+    assert ts[2].params == ts[0].params and ts[2].system_attrs["hpsearch:retry_of"] == 1
+    assert ts[2].user_attrs["resumed_from_step"] == good.step
     assert "1/1 trials" in r.output
     assert yaml.safe_load(path.read_text())["n_trials"] == 1
