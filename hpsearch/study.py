@@ -512,7 +512,6 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
         best = study.best_trial
     except ValueError:
         best = None
-    # Trials whose continuation has yet to adopt their checkpoints (and best weights).
     # Folders whose checkpoints (and best weights) a continuation has yet to adopt.
     wanted = {t.system_attrs.get(A_DIR) for t in trials if t.state == TrialState.WAITING}
     wanted |= {t.system_attrs.get(A_FROM) for t in trials if t.state == TrialState.RUNNING}

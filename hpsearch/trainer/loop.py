@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -582,8 +583,6 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    import shutil
-
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
