@@ -19,6 +19,7 @@ and prints both validation F1s: speed must not change the maths. The last line i
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -81,14 +82,16 @@ class Window:
 
 def settings(args) -> tuple[TrainerConfig, Path]:
     """The trainer config both sides share, and the data folder."""
+    drop = ({} if args.dropout is None else
+            {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout})
     if args.device == "cuda":
         data = Path(args.data or MSRA)
         scratch = ScratchModel(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                               intermediate_size=3072, vocab_size=21128)
+                               intermediate_size=3072, vocab_size=21128, **drop)
         limits: dict = {"val_limit": None}
         if args.quick:
             scratch = ScratchModel(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                   intermediate_size=1024, vocab_size=5000)
+                                   intermediate_size=1024, vocab_size=5000, **drop)
             limits = {"train_limit": 4000, "val_limit": 500}
         cfg = TrainerConfig(
             data_dir=str(data), scratch=scratch, max_length=256, batch_size=32,
@@ -106,14 +109,14 @@ def settings(args) -> tuple[TrainerConfig, Path]:
         data = Path(generate_demo_data(Path(tempfile.mkdtemp()) / "demo"))
     if args.quick:
         scratch = ScratchModel(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, vocab_size=800)
+                               intermediate_size=64, vocab_size=800, **drop)
         limits = {"train_limit": 300, "val_limit": 50}
     elif args.size == "small":  # BERT-tiny's shape: 2 layers, 128 wide
         scratch = ScratchModel(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=512, vocab_size=3000)
+                               intermediate_size=512, vocab_size=3000, **drop)
         limits = {"train_limit": 4000, "val_limit": 100}
     else:  # the scratch model a study trains by default (2 layers, 64 wide)
-        scratch = ScratchModel(vocab_size=3000)
+        scratch = ScratchModel(vocab_size=3000, **drop)
         limits = {"train_limit": 4000, "val_limit": 100}
     cfg = TrainerConfig(
         data_dir=str(data), scratch=scratch, max_length=128, max_tokens=args.max_tokens,
@@ -203,6 +206,50 @@ def run_hf(cfg: TrainerConfig, prep, out: Path, batch_size: int, warmup: int,
     return win.tokens_per_s, peak
 
 
+def f1_runs(cfg: TrainerConfig, prep, work: Path, spec: str) -> None:
+    """One epoch per ``path:seed`` in ``spec`` (path ``fast`` or ``plain``), no HF side.
+
+    Speed must not change the maths. With dropout the two paths draw different masks (compiled
+    kernels have their own random stream), so their F1s differ as two seeds do: ``plain:1``
+    beside ``plain:0`` shows how much. With ``--dropout 0`` nothing is drawn, and the logged
+    losses of the two paths at the same seed should follow each other step for step.
+    """
+    curves: dict[tuple[str, int], dict[int, float]] = {}
+    f1: dict[tuple[str, int], float] = {}
+    for item in spec.split(","):
+        path, seed = item.split(":")
+        if path not in ("fast", "plain"):
+            sys.exit(f"--f1-runs: {item!r}: the path is fast or plain")
+        key = (path, int(seed))
+        run_cfg = cfg.model_copy(update={"fast_path": "on" if path == "fast" else "off",
+                                         "seed": key[1]})
+        out = work / f"f1-{path}-{seed}"
+        tps, peak, res = run_ours(run_cfg, prep, out, 2, None)
+        f1[key] = res.value
+        curves[key] = {
+            r["step"]: r["loss"]
+            for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r and not r.get("eval")
+        }
+        print(f"  {path:>5} seed {seed}: val F1 {res.value:.4f} after {res.steps} steps, "
+              f"{tps[1]:,.0f} tokens/s, peak GPU memory {fmt_mem(peak)}", flush=True)
+    for (path, seed), value in f1.items():
+        other = ("plain", seed)
+        if path == "fast" and other in f1:
+            a, b = curves[(path, seed)], curves[other]
+            steps = sorted(set(a) & set(b))
+            diff = [abs(a[k] - b[k]) for k in steps]
+            print(f"seed {seed}: fast path - plain = {100 * (value - f1[other]):+.2f} F1 points; "
+                  f"logged train loss over {len(steps)} steps: max |difference| "
+                  f"{max(diff):.4f}, mean {sum(diff) / len(diff):.4f}, last "
+                  f"{a[steps[-1]]:.4f} vs {b[steps[-1]]:.4f}")
+    plain = sorted(s for p, s in f1 if p == "plain")
+    if len(plain) > 1:
+        values = [f1[("plain", s)] for s in plain]
+        print(f"plain path over seeds {plain}: F1 spread {100 * (max(values) - min(values)):.2f}"
+              " points")
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -285,6 +332,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (1: CPU time then measures the trainer alone)")
     ap.add_argument("--no-f1", action="store_true", help="cuda: skip the un-graphed epoch")
+    ap.add_argument("--dropout", type=float,
+                    help="hidden and attention dropout of the model (default 0.1)")
+    ap.add_argument("--f1-runs", metavar="PATH:SEED,...",
+                    help="only train one epoch per item (fast:0,plain:0,plain:1) and compare "
+                    "F1 and loss curves; no HF side, no ratio")
     ap.add_argument("--profile", action="store_true",
                     help="run each side once under torch.profiler and print where the op "
                     "time goes (slower; the rates then include the profiler)")
@@ -325,6 +377,9 @@ def main() -> None:
           f"({'fixed' if cfg.batch_size else f'budget {cfg.max_tokens} tokens'}), "
           f"HF Trainer {hf_batch}; timed {steps or 'all'} steps after {warmup}")
 
+    if args.f1_runs:
+        f1_runs(cfg, prep, work, args.f1_runs)
+        return
     ours_cfg = cfg.model_copy(update={"fast_path": "on" if cuda else "auto"})
     # A GPU is timed by the wall clock; a CPU by the CPU time this process used (see Window).
     clock = "wall-clock" if cuda else "CPU-time"
