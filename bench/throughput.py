@@ -14,6 +14,16 @@ the trainer's final evaluation are not in it.
 On CUDA the trainer also trains one full epoch with and without its fast path (CUDA graphs)
 and prints both validation F1s: speed must not change the maths. The last line is
 ``ratio=X``, our tokens/s over the HF Trainer's.
+
+The two paths draw different dropout masks, so their F1s differ as two seeds do. To compare
+the maths alone, train without dropout, and to see the seed-to-seed spread, train more seeds
+(one epoch per ``path:seed``, no HF side):
+
+    .venv/bin/python bench/throughput.py --device cuda --dropout 0 --f1-runs fast:0,plain:0
+    .venv/bin/python bench/throughput.py --device cuda --f1-runs plain:1,plain:2
+
+``--compile`` and ``--fast-path`` change how our side runs (on CPU neither is on by default:
+compiling a small BERT with shapes that change every step was slower than eager here).
 """
 
 from __future__ import annotations
@@ -332,6 +342,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (1: CPU time then measures the trainer alone)")
     ap.add_argument("--no-f1", action="store_true", help="cuda: skip the un-graphed epoch")
+    ap.add_argument("--compile", action="store_true", help="ours: torch.compile the model")
+    ap.add_argument("--fast-path", choices=["auto", "on", "off"], help="ours: the fast path")
     ap.add_argument("--dropout", type=float,
                     help="hidden and attention dropout of the model (default 0.1)")
     ap.add_argument("--f1-runs", metavar="PATH:SEED,...",
@@ -380,7 +392,8 @@ def main() -> None:
     if args.f1_runs:
         f1_runs(cfg, prep, work, args.f1_runs)
         return
-    ours_cfg = cfg.model_copy(update={"fast_path": "on" if cuda else "auto"})
+    ours_cfg = cfg.model_copy(update={"fast_path": args.fast_path or ("on" if cuda else "auto"),
+                                      "compile": args.compile})
     # A GPU is timed by the wall clock; a CPU by the CPU time this process used (see Window).
     clock = "wall-clock" if cuda else "CPU-time"
     pick = 1 if cuda else 0

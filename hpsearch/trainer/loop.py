@@ -322,7 +322,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
         raise TrialStopped("config", "precision fp16 needs a CUDA device")
     plan = make_plan(cfg, device)
     log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
-    log.info("device %s, autocast %s, %s", device, amp, plan.why)
+    log.info("device %s, autocast %s, %s%s", device, amp, plan.why,
+             ", torch.compile" if plan.compiled and not plan.graphs else "")
     data_seconds, data_source = prep.cost()
     log.info("data %.2fs (%s)", data_seconds, data_source)
 
