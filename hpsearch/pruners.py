@@ -21,6 +21,14 @@ from optuna.trial import TrialState
 
 from hpsearch import config as c
 
+#: The number of the first trial of a line of continuations: a continuation carries it on, so
+#: anything keyed by trial number (Hyperband's bracket) keeps treating the line as one trial.
+A_ORIGIN = "hpsearch:origin"
+
+
+def origin_of(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.system_attrs.get(A_ORIGIN, trial.number))
+
 
 def _first_eval_step(study: optuna.Study) -> int | None:
     """The step of the first report of the finished trials (None until one has finished)."""
@@ -66,6 +74,26 @@ class _Hyperband(optuna.pruners.HyperbandPruner):
                 return
             self._min_resource, self._auto_min = first, False
         super()._try_initialization(study)
+
+    def _get_bracket_id(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
+        """The bracket of the trial a continuation continues, not of its own new number.
+
+        Optuna hashes the trial number into a bracket; a resumed trial has a new number, so
+        it would otherwise be judged mid-curve by another bracket's rungs, and its first part
+        would drop out of the bracket it was in.
+        """
+        if trial.number == origin_of(trial):
+            return super()._get_bracket_id(study, trial)
+        return super()._get_bracket_id(study, _numbered(trial, origin_of(trial)))
+
+
+def _numbered(trial: optuna.trial.FrozenTrial, number: int) -> optuna.trial.FrozenTrial:
+    """A shallow stand-in for ``trial`` that answers ``number`` (all Optuna hashes here)."""
+    import copy
+
+    stand_in = copy.copy(trial)
+    stand_in.number = number
+    return stand_in
 
 
 def make_pruner(p) -> optuna.pruners.BasePruner:

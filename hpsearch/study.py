@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.backends import make_sampler
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
-from hpsearch.pruners import make_pruner
+from hpsearch.pruners import A_ORIGIN, make_pruner, origin_of
 from hpsearch.space import distributions, suggest
 from hpsearch.storage import (
     GRACE_PERIOD,
@@ -205,7 +205,8 @@ def interrupt(study: optuna.Study, trial_id: int) -> None:
 def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = True,
                        extra: dict[str, Any] | None = None) -> None:
     """A WAITING trial with ``t``'s parameters; ``resume`` continues from its checkpoints."""
-    attrs = {"fixed_params": t.params, A_RETRY_OF: t.number, **(extra or {})}
+    attrs = {"fixed_params": t.params, A_RETRY_OF: t.number, A_ORIGIN: origin_of(t),
+             **(extra or {})}
     if resume and A_DIR in t.system_attrs:
         attrs[A_DIR] = t.system_attrs[A_DIR]
         if not _has_checkpoint(attrs[A_DIR]) and A_FROM in t.system_attrs:

@@ -215,3 +215,36 @@ def test_two_workers_prune_the_bad_trials(tmp_path, demo_dir):
     for t in trials[2:]:
         assert t.state == TrialState.PRUNED and t.user_attrs["pruned_step"] == 4
         assert not (Path(t.system_attrs["hpsearch:trial_dir"]) / "checkpoints").exists()
+
+
+def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
+    """Optuna puts a trial in a bracket by its number; a continuation has a new number.
+
+    Judged by another bracket's rungs, a resumed trial would be pruned (or kept) on rules its
+    first part never ran under, and that part would leave its old bracket's comparisons.
+    """
+    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner={
+        "name": "hyperband", "min_resource": 15, "max_resource": 150}))
+    pruner = make_pruner(cfg.pruner)
+    study = _curve_study(pruner)
+    plain = optuna.pruners.HyperbandPruner(15, 150, 3)
+    for p in (pruner, plain):
+        p._try_initialization(study)
+    moved = 0
+    for _ in range(12):
+        t = study.ask()
+        t.suggest_float("learning_rate", 1e-5, 1e-3, log=True)
+        t.report(0.1, 15)
+        first = study._storage.get_trial(t._trial_id)
+        study.tell(t, state=TrialState.FAIL)  # killed; a later run resumes it, twice
+        line = [first]
+        for _ in range(2):
+            hs.queue_continuation(study, study._storage.get_trial(line[-1]._trial_id))
+            cont = study.ask()
+            line.append(study._storage.get_trial(cont._trial_id))
+            study.tell(cont, state=TrialState.FAIL)
+        assert {pruner._get_bracket_id(study, x) for x in line} == {
+            pruner._get_bracket_id(study, first)}
+        assert line[-1].params == first.params
+        moved += len({plain._get_bracket_id(study, x) for x in line}) > 1
+    assert moved  # by number alone, some lines would have changed bracket
