@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from hpsearch.config import ConfigError, StudyConfig, load_study
+from hpsearch.errors import root_cause
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -58,9 +59,7 @@ def _is_outage(e: BaseException) -> bool:
 
 def _outage_line(e: BaseException) -> str:
     """The database's own complaint, first line only: it names host and port, not passwords."""
-    root = e
-    while root.__cause__ is not None or root.__context__ is not None:
-        root = root.__cause__ or root.__context__
+    root = root_cause(e)
     first = (str(root).strip().splitlines() or [type(root).__name__])[0]
     first = re.sub(r"(password=)\S+", r"\1***", first)
     return f"the study database cannot be reached: {first}"

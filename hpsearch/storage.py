@@ -29,6 +29,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
+from hpsearch.errors import causes
+
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's "still alive" writes
 GRACE_PERIOD = 60  # a RUNNING trial silent for this long belongs to a dead process
 
@@ -106,15 +108,11 @@ def is_outage(e: BaseException | None) -> bool:
     """The database is down or restarting (worth waiting for), not a wrong query or a bug."""
     import sqlalchemy.exc as sa
 
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (sa.OperationalError, sa.InterfaceError)):
-            return True
-        if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return any(
+        isinstance(c, (sa.OperationalError, sa.InterfaceError))
+        or (isinstance(c, sa.DBAPIError) and c.connection_invalidated)
+        for c in causes(e)
+    )
 
 
 def retry_outage(url: str, fn, *args, **kwargs):

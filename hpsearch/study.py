@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.backends import make_sampler
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
+from hpsearch.errors import causes
 from hpsearch.pruners import A_ORIGIN, make_pruner, origin_of
 from hpsearch.space import distributions, suggest
 from hpsearch.storage import (
@@ -233,13 +234,11 @@ def _has_checkpoint(trial_dir: str) -> bool:
 
 def is_disk_full(e: BaseException | None) -> bool:
     """ENOSPC anywhere in the chain; safetensors reports it as text, not as an OSError."""
-    while e is not None:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(e) or "StorageFull" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return any(
+        (isinstance(c, OSError) and c.errno == errno.ENOSPC)
+        or "No space left on device" in str(c) or "StorageFull" in str(c)
+        for c in causes(e)
+    )
 
 
 class Heartbeat:
