@@ -42,6 +42,10 @@ def _fill_when_checkpointed(trial_dir: Path, ballast: Path, done: threading.Even
     deadline = time.time() + 120
     while time.time() < deadline and not ckpt.list_checkpoints(trial_dir / "checkpoints"):
         time.sleep(0.005)
+    _fill(ballast, done)
+
+
+def _fill(ballast: Path, done: threading.Event) -> None:
     with open(ballast, "wb") as f:
         try:
             while True:
@@ -97,3 +101,58 @@ def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path
     assert ts[2].user_attrs["resumed_from_step"] == good.step
     assert "1/1 trials" in r.output
     assert yaml.safe_load(path.read_text())["n_trials"] == 1
+
+
+def _fill_when_any_checkpointed(trials_dir: Path, ballast: Path, done: threading.Event) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(
+        ckpt.list_checkpoints(d / "checkpoints") for d in trials_dir.glob("trial-*")
+    ):
+        time.sleep(0.005)
+    _fill(ballast, done)
+
+
+def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, demo_dir,
+                                                                     small_disk):
+    """Two workers share the full disk: both stop, nothing is left RUNNING, and the next run
+    resumes every trial that was cut off and ends with exactly n_trials."""
+    from conftest import hpsearch
+
+    path = tiny_study(
+        tmp_path, demo_dir, n_trials=3, output_dir=str(small_disk / "out"),
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        trainer={"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 3},
+    )
+    trials_dir = small_disk / "out" / "trials"
+    ballast, filled = small_disk / "ballast", threading.Event()
+    watcher = threading.Thread(target=_fill_when_any_checkpointed,
+                               args=(trials_dir, ballast, filled), daemon=True)
+    watcher.start()
+    r = hpsearch("run", str(path), "--workers", "2", timeout=300)
+    watcher.join(timeout=60)
+    assert filled.is_set()
+    assert r.returncode == 1, r.stdout + r.stderr
+    msg = r.stderr.strip().splitlines()[-1]
+    assert msg.startswith("error: no space left on the device") and "run again" in msg
+
+    ts = trials(path)
+    assert TrialState.RUNNING not in {t.state for t in ts}
+    cut = [t for t in ts if t.state == TrialState.FAIL]
+    assert cut and {t.system_attrs["hpsearch:fail_reason"] for t in cut} == {"disk_full"}
+    waiting = [t for t in ts if t.state == TrialState.WAITING]
+    # Every line of continuations cut off by the full disk waits to be resumed, once.
+    lines = {t.system_attrs.get("hpsearch:origin", t.number) for t in cut}
+    assert sorted(t.system_attrs["hpsearch:origin"] for t in waiting) == sorted(lines)
+    for t in waiting:  # what it resumes from is whole
+        assert not [p for p in Path(t.system_attrs["hpsearch:trial_dir"], "checkpoints")
+                    .glob(".tmp*")]
+
+    ballast.unlink()
+    r = hpsearch("run", str(path), "--workers", "2", timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ts = trials(path)
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and "3/3 trials" in r.stdout
+    assert TrialState.WAITING not in {t.state for t in ts}
+    resumed = [t for t in done if t.user_attrs.get("resumed_from_step")]
+    assert resumed  # at least the trial that was checkpointed went on from its checkpoint
