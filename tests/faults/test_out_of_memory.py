@@ -78,3 +78,39 @@ def test_a_retry_that_runs_out_of_memory_again_is_not_retried_twice(tmp_path, de
     assert [t.state for t in ts] == [TrialState.FAIL] * 2
     assert ts[1].system_attrs["hpsearch:retry_of"] == 0
     assert "hpsearch:retried" not in ts[1].system_attrs
+
+
+def test_a_half_batch_retry_is_judged_after_as_many_sentences_as_the_others(
+        tmp_path, demo_dir, monkeypatch):
+    """Half the batch is twice the steps for the same data. The retry evaluates every
+    2 x eval_every of its own steps and reports at the study's steps, so a pruner compares
+    it with a full-batch trial at the same points of training, not after half the data."""
+    over = {"n_trials": 1, "on_oom": "halve_batch"}
+    trainer = {"max_tokens": 1024, "eval_every": 3, "train_limit": 600}
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "small").mkdir()
+    plain = tiny_study(tmp_path / "plain", demo_dir, trainer=trainer, **over)
+    assert cli("run", str(plain)).exit_code == 0
+    (full,) = trials(plain)
+
+    forward = BertForTokenClassification.forward
+
+    def limited(self, input_ids=None, **kw):  # the memory_limit fixture, set up only now
+        if torch.is_grad_enabled() and input_ids is not None and input_ids.numel() > LIMIT:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return forward(self, input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(BertForTokenClassification, "forward", limited)
+    small = tiny_study(tmp_path / "small", demo_dir, trainer=trainer, **over)
+    assert cli("run", str(small)).exit_code == 0
+    failed, retry = trials(small)
+    assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.system_attrs["hpsearch:trainer_overrides"] == {"max_tokens": 512,
+                                                                "eval_every": 6}
+    own_steps = retry.user_attrs["steps"]
+    assert own_steps > 1.5 * full.user_attrs["steps"]  # it did take about twice the steps
+    at = sorted(retry.intermediate_values)
+    assert at[:-1] == list(range(3, 3 * len(at), 3))  # every 6 own steps, reported as 3
+    assert at[-1] == round(own_steps / 2)  # the last one, at the end of the epoch
+    common = [s for s in sorted(full.intermediate_values) if s % 3 == 0 and s <= at[-2]]
+    assert len(common) >= 2 and set(common) <= set(at)  # the full batch's points of training
