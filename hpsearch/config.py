@@ -359,11 +359,34 @@ class StudyConfig(_Strict):
         return self.storage or f"sqlite:///{(self.out / 'study.db').as_posix()}"
 
     def trainer_for(self, params: dict[str, Any]) -> TrainerConfig:
-        """The trainer config of one trial: the study's defaults with the sampled values in."""
+        """The trainer config of one trial: the study's defaults with the sampled values in.
+
+        Step counts in a study file are steps at the study's own batch size. A trial with
+        half the batch (a searched ``max_tokens``, an out-of-memory retry) takes twice the
+        steps for the same data, so its evaluations, checkpoints and step limit come at twice
+        the steps: every trial is evaluated after the same amount of data.
+        """
         merged = {**self.trainer.model_dump(), **params}
         if merged.get("seed") is None:
             merged["seed"] = self.seed
-        return TrainerConfig.model_validate(merged)
+        trial = TrainerConfig.model_validate(merged)
+        scale = self.step_scale(trial)
+        if scale == 1:
+            return trial
+        return trial.model_copy(update={
+            k: max(1, round(getattr(trial, k) * scale))
+            for k in ("eval_every", "checkpoint_every", "max_steps")
+            if getattr(trial, k) and k not in params
+        })
+
+    def step_scale(self, trial: TrainerConfig) -> float:
+        """A trial's optimizer steps per step of the study's batch size (1: the same batches)."""
+        base = self.trainer
+        if base.batch_size and trial.batch_size:
+            return base.batch_size / trial.batch_size
+        if base.batch_size is None and trial.batch_size is None:
+            return base.max_tokens / trial.max_tokens
+        return 1.0  # fixed rows against a token budget: no common measure
 
 
 def _probe_value(param: FloatParam | IntParam | CategoricalParam) -> Any:

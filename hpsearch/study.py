@@ -53,8 +53,6 @@ A_CONFIG, A_WORKER, A_WORKER_PID = "hpsearch:config", "hpsearch:worker", "hpsear
 # A trial another one takes over (it does not count), and what that one trains differently.
 A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_overrides", \
     "hpsearch:oom_retry"
-# Own steps per reported step: a retry with half the batch takes two steps for one of the study's.
-A_STEP_SCALE = "hpsearch:step_scale"
 INTERRUPTED, DISK_FULL, OOM = "interrupted", "disk_full", "oom"
 
 # hpsearch runs its own heartbeat thread around ask/tell (see Heartbeat below).
@@ -216,9 +214,8 @@ def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = Tr
             # It died before writing one of its own (a continuation that could not even
             # adopt its predecessor's): the next one goes back to where it would have started.
             attrs[A_DIR] = t.system_attrs[A_FROM]
-    for k in (A_OVERRIDES, A_STEP_SCALE):
-        if k in t.system_attrs and k not in attrs:
-            attrs[k] = t.system_attrs[k]
+    if A_OVERRIDES in t.system_attrs and A_OVERRIDES not in attrs:
+        attrs[A_OVERRIDES] = t.system_attrs[A_OVERRIDES]
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,
@@ -382,13 +379,28 @@ class DiskFull(Exception):
 
 
 class _InStudySteps:
-    """Reports a trial's values at the study's steps: its own steps divided by ``scale``."""
+    """Reports a trial's values at the study's steps, so pruners compare equal amounts of data.
 
-    def __init__(self, trial: optuna.Trial, scale: float):
+    Its own step divided by ``scale``; its k-th scheduled evaluation is put at the study's
+    k-th (``k * eval_every``) even where rounding its own interval moved it a little, because
+    median and percentile pruners compare trials only at exactly the same step.
+    """
+
+    def __init__(self, trial: optuna.Trial, scale: float, own_every: int | None,
+                 study_every: int | None):
         self.trial, self.scale = trial, scale
+        self.own_every, self.study_every = own_every, study_every
+        self.last = 0
 
     def report(self, value: float, step: int) -> None:
-        self.trial.report(value, max(1, round(step / self.scale)))
+        if self.own_every and self.study_every and step % self.own_every == 0:
+            at = step // self.own_every * self.study_every
+        else:
+            at = max(1, round(step / self.scale))
+        if at <= self.last:  # an end-of-training evaluation just after a scheduled one
+            return
+        self.last = at
+        self.trial.report(value, at)
 
     def should_prune(self) -> bool:
         return self.trial.should_prune()
@@ -431,10 +443,11 @@ def run_trial(
     with Heartbeat(study, trial._trial_id):
         try:
             tcfg = cfg.trainer_for({**params, **overrides})
-            scale = attrs.get(A_STEP_SCALE, 1)
+            scale = cfg.step_scale(tcfg)
+            reporter = trial if scale == 1 else _InStudySteps(trial, scale, tcfg.eval_every,
+                                                              cfg.trainer.eval_every)
             result = train(
-                tcfg, prep, out, reporter=trial if scale == 1 else _InStudySteps(trial, scale),
-                resume_from=resume_from,
+                tcfg, prep, out, reporter=reporter, resume_from=resume_from,
                 should_stop=stop, metric=cfg.metric, maximize=cfg.direction == "maximize",
             )
         except TrialPrunedAt as e:
@@ -467,18 +480,8 @@ def run_trial(
                     half = {"max_tokens": max(16, tcfg.max_tokens // 2)}
                     if tcfg.batch_size:
                         half["batch_size"] = max(1, tcfg.batch_size // 2)
-                    # Twice the steps for the same data: evaluations, checkpoints and the
-                    # step limit follow, and it reports in the study's steps, so a pruner
-                    # compares it with the others after as many sentences, not half as many.
-                    for k in ("eval_every", "checkpoint_every", "max_steps"):
-                        if getattr(tcfg, k):
-                            half[k] = getattr(tcfg, k) * 2
-                    scale = attrs.get(A_STEP_SCALE, 1) * tcfg.max_tokens / half["max_tokens"]
-                    if tcfg.batch_size:
-                        scale = attrs.get(A_STEP_SCALE, 1) * tcfg.batch_size / half["batch_size"]
                     retry = {"resume": False,
-                             "extra": {A_OVERRIDES: {**overrides, **half}, A_OOM_RETRY: True,
-                                       A_STEP_SCALE: scale}}
+                             "extra": {A_OVERRIDES: {**overrides, **half}, A_OOM_RETRY: True}}
                     reason = f"{OOM}, retried with max_tokens={half['max_tokens']}"
             elif reason == DISK_FULL:
                 retry = {"resume": True}  # from its last checkpoint, once space is freed

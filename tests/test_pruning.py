@@ -248,3 +248,29 @@ def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
         assert line[-1].params == first.params
         moved += len({plain._get_bracket_id(study, x) for x in line}) > 1
     assert moved  # by number alone, some lines would have changed bracket
+
+
+def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir):
+    """Steps in a study file are steps at its own batch size: a trial with half the token
+    budget evaluates every 2 x eval_every of its own steps and reports at the study's steps,
+    so a median pruner sets a small-batch trial beside the others after as much data."""
+    space = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": True},
+             "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+             "max_tokens": {"type": "categorical", "choices": [512, 1024]}}
+    cfg = parse_study(study_dict(
+        tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1}, n_trials=2,
+        trainer={"eval_every": 4, "max_tokens": 1024}, search_space=space))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    study = hs.open_study(cfg, create=True)
+    for budget in (1024, 512):
+        study.enqueue_trial({"learning_rate": GOOD, "weight_decay": 0.01, "max_tokens": budget})
+    assert cfg.trainer_for({"max_tokens": 512}).eval_every == 8
+    assert cfg.trainer_for({"max_tokens": 2048}).eval_every == 2
+    hs.run(cfg)
+    full, half = _stored(cfg)
+    assert [t.state for t in (full, half)] == [TrialState.COMPLETE] * 2
+    assert half.user_attrs["steps"] > 1.5 * full.user_attrs["steps"]
+    grid = sorted(full.intermediate_values)[:-1]  # every 4 steps, then the last step
+    reported = sorted(half.intermediate_values)
+    assert grid and reported[: len(grid)] == grid  # the same points, after the same data
+    assert abs(reported[-1] - full.last_step) <= 2  # the end of one epoch, for both
