@@ -267,8 +267,10 @@ class TrainerConfig(_Strict):
     compile: bool = False
     fast_path: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="static shapes (windows padded to `buckets`, fixed rows per bucket) and "
-        "torch.compile(mode='reduce-overhead'), i.e. CUDA graphs; auto = on CUDA only",
+        description="CUDA: static shapes (windows padded to `buckets`, fixed rows per bucket) "
+        "and torch.compile(mode='reduce-overhead'), i.e. CUDA graphs. CPU: dropout masks from a "
+        "faster generator and leaner attention (trainer/kernels.py); `on` adds the buckets. "
+        "auto = graphs on CUDA, kernels on CPU; off = the model exactly as transformers runs it",
     )
     buckets: list[Annotated[int, Field(ge=8)]] = Field(
         default=[64, 128, 256], min_length=1, description="padded widths of the fast path"

@@ -31,6 +31,7 @@ from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer.batching import bucket_of, bucket_widths, collate, make_batches, rows_for
 from hpsearch.trainer.features import IGNORE, Encoded, words_of_windows
 from hpsearch.trainer.inputs import Prepared
+from hpsearch.trainer.kernels import use_cpu_kernels
 from hpsearch.trainer.metrics import ner_scores
 from hpsearch.trainer.modeling import build_model
 
@@ -216,6 +217,7 @@ class Plan:
     graphs: bool  # torch.compile(mode="reduce-overhead"): CUDA graphs, one per shape
     compiled: bool
     why: str
+    cpu_kernels: bool = False  # dropout masks and attention from trainer/kernels.py
 
 
 def make_plan(cfg: TrainerConfig, device: torch.device) -> Plan:
@@ -229,17 +231,22 @@ def make_plan(cfg: TrainerConfig, device: torch.device) -> Plan:
     cuda = device.type == "cuda"
     multiple = 8 if cuda else 1
     sync_every = 0 if cuda else 1  # 0: filled in with the logging interval
-    if cfg.fast_path == "off" or (cfg.fast_path == "auto" and not cuda):
-        why = "fast path off" if cfg.fast_path == "off" else "fast path off (auto, not CUDA)"
-        return Plan(None, multiple, sync_every, False, cfg.compile, why)
+    # On a CPU the fast path is cheaper dropout masks and attention (see kernels.py); a
+    # compiled model fuses those itself.
+    kernels = not cuda and cfg.fast_path != "off" and not cfg.compile
+    if cfg.fast_path == "off":
+        return Plan(None, multiple, sync_every, False, cfg.compile, "fast path off")
+    if cfg.fast_path == "auto" and not cuda:
+        why = "fast path: CPU kernels" if kernels else "fast path off (compiled)"
+        return Plan(None, multiple, sync_every, False, cfg.compile, why, kernels)
     widths = bucket_widths(cfg.buckets, cfg.max_length)
     graphs = cuda and _has_triton()
     why = f"fast path: buckets {list(widths)}"
     if cuda and not graphs:
         why += ", no triton: eager"
     elif not cuda:
-        why += ", no CUDA: no graphs"
-    return Plan(widths, multiple, sync_every, graphs, graphs or cfg.compile, why)
+        why += ", no CUDA: no graphs" + (", CPU kernels" if kernels else "")
+    return Plan(widths, multiple, sync_every, graphs, graphs or cfg.compile, why, kernels)
 
 
 def _has_triton() -> bool:
@@ -328,6 +335,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     log.info("data %.2fs (%s)", data_seconds, data_source)
 
     model = build_model(cfg, prep.tokenizer, prep.labels).to(device)
+    if plan.cpu_kernels:
+        log.info("CPU kernels: %s", use_cpu_kernels(model))
     net = model  # what the steps run; checkpoints keep the plain model's names
     if plan.graphs:
         net = torch.compile(model, mode="reduce-overhead", dynamic=False)
