@@ -21,6 +21,9 @@ the maths alone, train without dropout, and to see the seed-to-seed spread, trai
 
     .venv/bin/python bench/throughput.py --device cuda --dropout 0 --f1-runs fast:0,plain:0
     .venv/bin/python bench/throughput.py --device cuda --f1-runs plain:1,plain:2
+    .venv/bin/python bench/throughput.py --device cuda --f1-runs fast:0,fast:1,plain:0,plain:1
+
+With several seeds per path it prints each path's mean F1 and their difference.
 
 ``--compile`` and ``--fast-path`` change how our side runs (on CPU neither is on by default:
 compiling a small BERT with shapes that change every step was slower than eager here).
@@ -253,11 +256,16 @@ def f1_runs(cfg: TrainerConfig, prep, work: Path, spec: str) -> None:
                   f"logged train loss over {len(steps)} steps: max |difference| "
                   f"{max(diff):.4f}, mean {sum(diff) / len(diff):.4f}, last "
                   f"{a[steps[-1]]:.4f} vs {b[steps[-1]]:.4f}")
-    plain = sorted(s for p, s in f1 if p == "plain")
-    if len(plain) > 1:
-        values = [f1[("plain", s)] for s in plain]
-        print(f"plain path over seeds {plain}: F1 spread {100 * (max(values) - min(values)):.2f}"
-              " points")
+    means = {}
+    for path in ("fast", "plain"):
+        seeds = sorted(s for p, s in f1 if p == path)
+        values = [f1[(path, s)] for s in seeds]
+        if len(values) > 1:
+            means[path] = sum(values) / len(values)
+            print(f"{path} path over seeds {seeds}: mean F1 {means[path]:.4f}, spread "
+                  f"{100 * (max(values) - min(values)):.2f} points")
+    if len(means) == 2:
+        print(f"mean F1, fast path - plain: {100 * (means['fast'] - means['plain']):+.2f} points")
 
 
 # ----------------------------------------------------------------------------- reporting
