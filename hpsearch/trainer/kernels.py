@@ -104,7 +104,7 @@ def use_cpu_kernels(model: nn.Module) -> str:
         AttentionMaskInterface.register(ATTENTION, eager_mask)
         model.set_attn_implementation(ATTENTION)
         done.append("attention")
-    except (ImportError, AttributeError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # whatever the cause, the model keeps its own attention
         done.append(f"own attention ({type(e).__name__})")
     n = 0
     for parent in model.modules():
