@@ -26,6 +26,10 @@ study on one GPU (``--gpus 0 --trials-per-gpu N``, N trials of --max-steps steps
 
     HPSEARCH_MODEL=/models/bert-base-chinese .venv/bin/python bench/scaling.py --device cuda
 
+Where no pretrained weights can be read, ``--scratch-base`` trains bert-base's shape from
+scratch on the same data (``--data`` points at it), and ``--fast-path off`` measures the plain
+loop that several trials per GPU are meant to keep busy.
+
 On CUDA the last line is ``x4=R``: aggregate tokens/s of 4 concurrent trials over 1.
 """
 
@@ -157,7 +161,14 @@ def cpu(args: argparse.Namespace, work: Path) -> None:
 
 def cuda(args: argparse.Namespace, work: Path) -> None:
     trainer = {"max_steps": args.max_steps, "eval_every": args.max_steps, "device": "cuda",
-               "early_stopping": None, "val_limit": 200}
+               "early_stopping": None, "val_limit": 200, "fast_path": args.fast_path}
+    if args.scratch_base:  # no pretrained weights on the machine: bert-base's shape from scratch
+        trainer["model"] = "scratch"
+        trainer["scratch"] = {"hidden_size": 768, "num_hidden_layers": 12,
+                              "num_attention_heads": 12, "intermediate_size": 3072,
+                              "vocab_size": 21128}
+    if args.data:
+        trainer["data_dir"] = str(Path(args.data).resolve())
     if args.train_limit:
         trainer["train_limit"] = args.train_limit
     print(f"{'concurrent':>10} {'tokens':>12} {'span_s':>7} {'agg_tok/s':>10} "
@@ -198,6 +209,12 @@ def main() -> None:
     ap.add_argument("--concurrent", default="1,2,4,8", help="cuda: trials at once on one GPU")
     ap.add_argument("--max-steps", type=int, default=300, help="cuda: steps per trial")
     ap.add_argument("--gpu", default="0", help="cuda: the GPU id")
+    ap.add_argument("--scratch-base", action="store_true",
+                    help="cuda: a bert-base config from scratch instead of the study's model")
+    ap.add_argument("--fast-path", choices=["auto", "on", "off"], default="auto",
+                    help="cuda: the trainer's fast path (each trial process compiles its "
+                    "shapes; inductor's cache on disk serves the later ones)")
+    ap.add_argument("--data", help="cuda: the data folder (default: the study's)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: a temp one)")
     args = ap.parse_args()
     args.workers = [int(x) for x in args.workers.split(",")]
