@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU benchmarks still to be measured, one after another, each bounded in time, each
+# output kept in OUT/<name>.txt with its command on the first line (for RESULTS.md).
+#
+#   bench/gpu.sh DATA OUT [PYTHON]     # DATA: MSRA in the BERT-NER layout
+#
+# 1. f1_seeds: one epoch of a bert-base config on MSRA, two seeds with the fast path and two
+#    without; the mean F1 of each path and their difference (speed must not change the maths).
+# 2. scaling: aggregate tokens/s of 1, 2 and 4 concurrent trials on one GPU.
+set -u
+data=${1:?usage: bench/gpu.sh DATA OUT [PYTHON]}
+out=${2:?usage: bench/gpu.sh DATA OUT [PYTHON]}
+py=${3:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+run() {
+  local name=$1 limit=$2
+  shift 2
+  echo "== $py $* (limit ${limit}s, $(date -u +%FT%TZ))" | tee "$out/$name.txt"
+  timeout "$limit" "$py" "$@" 2>&1 | tee -a "$out/$name.txt"
+}
+
+run f1_seeds "${F1_LIMIT:-420}" bench/throughput.py --device cuda --data "$data" \
+  --f1-runs fast:0,fast:1,plain:0,plain:1
+run scaling "${SCALING_LIMIT:-300}" bench/scaling.py --device cuda --scratch-base \
+  --fast-path off --data "$data" --concurrent 1,2,4 --max-steps 300
