@@ -59,6 +59,8 @@ def test_attention_matches_the_reference_with_padding():
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
     assert out.shape == (b, n, h, d)
     torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    out, _ = attention(module, q, k, v, keep[:, None, None, :], scaling=d**-0.5)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
     out, _ = attention(module, q, k, v, None, dropout=0.0)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v).transpose(1, 2),
                                rtol=1e-5, atol=1e-5)

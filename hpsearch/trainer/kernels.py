@@ -72,7 +72,7 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     """Scaled dot-product attention over (batch, heads, length, head size) tensors.
 
     The signature of transformers' attention functions; ``attention_mask`` is the additive
-    (0 / -inf) mask transformers builds for eager attention.
+    (0 / -inf) mask transformers builds for eager attention, or a boolean one (True: attend).
     """
     b, h, q_len, d = query.shape
     k_len = key.shape[2]
@@ -82,6 +82,9 @@ def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
     if attention_mask is None:
         scores = torch.bmm(q, kt).mul_(scaling)
     else:
+        if attention_mask.dtype == torch.bool:  # True: attend (SDPA's convention)
+            attention_mask = torch.zeros(attention_mask.shape, dtype=q.dtype).masked_fill(
+                ~attention_mask, torch.finfo(q.dtype).min)
         bias = attention_mask.expand(b, h, q_len, k_len).reshape(b * h, q_len, k_len)
         scores = torch.baddbmm(bias.to(q.dtype), q, kt, alpha=scaling)
     probs = masked_dropout(scores.softmax(-1), dropout, module.training)
