@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,26 @@ def test_data_cost_is_booked_once(demo_dir, tmp_path):
     assert queue.get(timeout=5) == (0.0, "from the parent process")
     assert prep.cost() == (prep.seconds, "built")
     assert prep.cost() == (0.0, "memory")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_fast_path_keeps_the_maths(demo_dir, tmp_path):
+    """The fast path's compiled model (what CUDA graphs replay on a GPU) computes the same
+    losses and F1 as the model as transformers runs it: fp32, no dropout, same batches."""
+    import json
+
+    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
+               buckets=[16, 32], max_length=48, max_steps=12)
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    off = train(cfg.model_copy(update={"fast_path": "off"}), prep, tmp_path / "off")
+    on = train(cfg.model_copy(update={"fast_path": "on", "compile": True}), prep, tmp_path / "on")
+    log = (tmp_path / "on" / "train.log").read_text()
+    assert "torch.compile" in log and "compile failed" not in log
+
+    def losses(run):
+        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, rows) if "loss" in r]
+
+    assert losses("on") == pytest.approx(losses("off"), rel=1e-4)
+    assert [v for _, v in on.history] == pytest.approx([v for _, v in off.history], abs=1e-3)
