@@ -19,6 +19,9 @@ def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict
 
     if not (folder / "config.json").exists():
         raise ConfigError(f"{folder}: no exported model here (run the study first)")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar for loading one small shard is noise
     model = AutoModelForTokenClassification.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]

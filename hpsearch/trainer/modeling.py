@@ -162,6 +162,9 @@ def build_model(cfg: TrainerConfig, tokenizer, labels: list[str]) -> nn.Module:
         overrides = {}
         if cfg.dropout is not None:
             overrides = {"hidden_dropout_prob": cfg.dropout, "classifier_dropout": cfg.dropout}
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per trial is noise
         try:
             config = AutoConfig.from_pretrained(
                 source, num_labels=len(labels), id2label=id2label, label2id=label2id, **overrides
