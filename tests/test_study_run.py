@@ -140,3 +140,31 @@ def test_keep_all_keeps_every_checkpoint(tmp_path, demo_dir):
     for d in dirs:
         assert (d / "best" / "model.safetensors").exists()
         assert any((d / "checkpoints").iterdir())
+
+
+def test_a_pretrained_folder_loads_quietly_and_the_trial_log_says_what_is_new(tmp_path,
+                                                                              demo_dir):
+    """transformers prints a table of unloaded weights for every model it loads; once per
+    trial that buries the trial lines. The trial's train.log says it in one line instead."""
+    from transformers import BertConfig, BertModel
+
+    from hpsearch.config import ScratchModel
+    from hpsearch.trainer.data import read_data
+    from hpsearch.trainer.modeling import train_wordpiece
+
+    sents = read_data(demo_dir).splits["train"].sentences
+    folder = tmp_path / "tiny-bert"  # an encoder without a head, as checkpoints on the hub are
+    tok = train_wordpiece(sents, ScratchModel(vocab_size=600), tmp_path / "tok")
+    tok.save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    path = write_study(tmp_path, demo_dir, n_trials=1,
+                       trainer={"model": str(folder), "train_limit": 100, "val_limit": 40,
+                                "max_epochs": 1})
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "LOAD REPORT" not in r.stdout + r.stderr and "MISSING" not in r.stderr
+    (t,) = _trials(path)
+    log = (tmp_path / "out" / "trials" / "trial-0000" / "train.log").read_text()
+    assert f"loaded {folder}; newly initialised: classifier.bias, classifier.weight;" in log
+    assert t.state == TrialState.COMPLETE

@@ -334,7 +334,7 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     data_seconds, data_source = prep.cost()
     log.info("data %.2fs (%s)", data_seconds, data_source)
 
-    model = build_model(cfg, prep.tokenizer, prep.labels).to(device)
+    model = build_model(cfg, prep.tokenizer, prep.labels, log=log).to(device)
     if plan.cpu_kernels:
         log.info("CPU kernels: %s", use_cpu_kernels(model))
     net = model  # what the steps run; checkpoints keep the plain model's names

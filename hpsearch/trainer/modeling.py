@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -128,8 +129,14 @@ def load_tokenizer(source: str):
     return tok
 
 
-def build_model(cfg: TrainerConfig, tokenizer, labels: list[str]) -> nn.Module:
-    """A token-classification model with a freshly initialised head for ``labels``."""
+def build_model(cfg: TrainerConfig, tokenizer, labels: list[str],
+                log: logging.Logger | None = None) -> nn.Module:
+    """A token-classification model with a freshly initialised head for ``labels``.
+
+    transformers prints a table of the weights it did not load (the new head, always) for
+    every model it loads: once per trial, that is noise on the console. It goes to ``log``
+    (the trial's train.log) in one line instead.
+    """
     from transformers import (
         AutoConfig,
         AutoModelForTokenClassification,
@@ -165,15 +172,24 @@ def build_model(cfg: TrainerConfig, tokenizer, labels: list[str]) -> nn.Module:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per trial is noise
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             config = AutoConfig.from_pretrained(
                 source, num_labels=len(labels), id2label=id2label, label2id=label2id, **overrides
             )
-            model = AutoModelForTokenClassification.from_pretrained(
-                source, config=config, ignore_mismatched_sizes=True, dtype=torch.float32
+            model, info = AutoModelForTokenClassification.from_pretrained(
+                source, config=config, ignore_mismatched_sizes=True, dtype=torch.float32,
+                output_loading_info=True,
             )
         except (OSError, ValueError) as e:
             raise ModelSourceError(f"trainer.model: cannot load '{cfg.model}': {e}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if log is not None:
+            log.info("loaded %s; newly initialised: %s; unused from the checkpoint: %s", source,
+                     ", ".join(sorted(info.get("missing_keys", []))) or "none",
+                     ", ".join(sorted(info.get("unexpected_keys", []))) or "none")
     head = classifier_of(model)
     if head is not None:
         # Xavier keeps the new head's logits small whatever the hidden size, as BERT-NER does.
