@@ -282,6 +282,7 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     stamp = "-".join(f"{k}={v}" for k, v in params.items()) or "defaults"
     out_dir = Path(out) if out else cfg.out / "manual" / stamp
     prep = prepare(tcfg, driver.data_dir(cfg), cfg.out / "cache")
+    driver.use_compile_cache(cfg)
     r = train_fn(tcfg, prep, out_dir, metric=cfg.metric, maximize=cfg.direction == "maximize")
     click.echo(f"best {cfg.metric}={r.value:.4f} at step {r.best_step} of {r.steps} "
                f"({r.train_seconds:.1f}s, {r.tokens_per_second:,.0f} tokens/s)")

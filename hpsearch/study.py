@@ -411,6 +411,18 @@ def disk_full_message(outcome: TrialOutcome, cfg: StudyConfig) -> str:
             "checkpoint is kept: free some space and run again to resume it")
 
 
+def use_compile_cache(cfg: StudyConfig) -> None:
+    """Keep compiled kernels in the study's cache folder, beside the tokenised data.
+
+    A trial on the GPU fast path compiles and captures its shapes (a minute or more for a
+    bert-base); every later trial with the same shapes, in any process, and a study resumed
+    after the machine was restarted, find inductor's compiled graphs and kernels there instead
+    of in a temporary folder. A cache folder the user set is left alone.
+    """
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str((cfg.out / "cache" / "inductor").resolve())
+
+
 def trial_dir(cfg: StudyConfig, number: int) -> Path:
     return cfg.out / "trials" / f"trial-{number:04d}"
 
@@ -425,6 +437,7 @@ def run_trial(
     from hpsearch.trainer import Interrupted, TrialPrunedAt, TrialStopped, train
 
     t0 = time.time()
+    use_compile_cache(cfg)
     storage = study._storage
     params = suggest(trial, cfg.search_space)
     out = trial_dir(cfg, trial.number)

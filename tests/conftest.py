@@ -17,6 +17,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _own_compile_cache(monkeypatch):
+    """A study points inductor's cache at its own folder for the rest of the process; in a test
+    process that would outlive the test, so each test starts (and ends) without it."""
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     from hpsearch.demo_data import generate_demo_data

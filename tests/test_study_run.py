@@ -168,3 +168,20 @@ def test_a_pretrained_folder_loads_quietly_and_the_trial_log_says_what_is_new(tm
     log = (tmp_path / "out" / "trials" / "trial-0000" / "train.log").read_text()
     assert f"loaded {folder}; newly initialised: classifier.bias, classifier.weight;" in log
     assert t.state == TrialState.COMPLETE
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None,
+                    reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_kernels_are_kept_in_the_study_cache(tmp_path, demo_dir):
+    """A compiling study keeps inductor's cache beside its tokenised data, so the next trial
+    and a run after a restart reuse the compiled graphs instead of compiling again."""
+    path = write_study(tmp_path, demo_dir, n_trials=1,
+                       trainer={"compile": True, "fast_path": "on", "buckets": [32],
+                                "batch_size": 16, "train_limit": 48, "val_limit": 20,
+                                "max_epochs": 1, "max_length": 32})  # one shape: one compile
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "out" / "trials" / "trial-0000" / "train.log").read_text()
+    assert "torch.compile" in log and "compile failed" not in log
+    cache = tmp_path / "out" / "cache" / "inductor"
+    assert cache.is_dir() and any(f.is_file() for f in cache.rglob("*"))

@@ -454,6 +454,7 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
     model.train()
     t_start = time.perf_counter() - st["train_seconds"]
     if plan.graphs:
+        bar.set_postfix_str("compiling and capturing one CUDA graph per bucket")
         try:
             shapes_run = _capture(net, epochs[min(st["epoch"], len(epochs) - 1)], width_of,
                                   make_batch, device, amp, scaler, log)
