@@ -9,6 +9,7 @@ favour of the one before it. Weights are safetensors, optimizer and RNG tensors 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -124,12 +125,27 @@ def save(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
+    except Exception as e:
+        full = _out_of_space(root)  # asked before the partial files are removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and not (isinstance(e, OSError) and e.errno == errno.ENOSPC):
+            # torch.save says only "unexpected pos ..." when the disk fills under it.
+            raise OSError(errno.ENOSPC, f"No space left on device writing {final}: {e}") from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-KEEP_LAST]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _out_of_space(path: Path, margin: int = 1 << 20) -> bool:
+    """Less than ``margin`` bytes free where ``path`` lives: a failed write there was ENOSPC."""
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
 
 
 def list_checkpoints(root: Path) -> list[Path]:

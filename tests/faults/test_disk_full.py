@@ -8,6 +8,7 @@ file as soon as the trial's first checkpoint is on it.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -156,3 +157,28 @@ def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, d
     assert TrialState.WAITING not in {t.state for t in ts}
     resumed = [t for t in done if t.user_attrs.get("resumed_from_step")]
     assert resumed  # at least the trial that was checkpointed went on from its checkpoint
+
+
+def test_a_checkpoint_that_fills_the_disk_midway_says_no_space(small_disk):
+    """torch.save reports a full disk as "unexpected pos ...", with no errno: without care, the
+    trial would be recorded as a plain error and never resumed. The weights fit here, the
+    optimizer state after them does not."""
+    import errno
+
+    import torch
+
+    model = torch.nn.Linear(256, 256)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 256)).sum().backward()
+    opt.step()
+    root = small_disk / "checkpoints"
+    good = ckpt.save(root, model=model, optimizer=opt, scaler=None, state={"step": 1})
+    size = sum(f.stat().st_size for f in good.iterdir())
+    with open(small_disk / "ballast", "wb") as f:  # leave room for the weights and a little
+        f.write(b"\0" * (shutil.disk_usage(small_disk).free - size // 2))
+    with pytest.raises(OSError) as e:
+        ckpt.save(root, model=model, optimizer=opt, scaler=None, state={"step": 2})
+    assert e.value.errno == errno.ENOSPC and "No space left on device" in str(e.value)
+    assert ckpt.list_checkpoints(root) == [good]  # the last good one stays, whole
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp")]
+    ckpt.verify(good)
