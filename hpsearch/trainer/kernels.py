@@ -34,7 +34,8 @@ def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tenso
     n = shape.numel()
     seed = int(torch.randint(0, 2**62, (1,)).item())
     bits = np.random.SFC64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
-    mask = torch.from_numpy((bits >= np.uint32(round(p * 2**32))) * np.float32(1 / (1 - p)))
+    drop_below = np.uint32(min(round(p * 2**32), 2**32 - 1))
+    mask = torch.from_numpy((bits >= drop_below) * np.float32(1 / (1 - p)))
     return mask.view(shape).to(dtype)
 
 
