@@ -56,18 +56,27 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def local_file(url: str) -> Path | None:
+    """The file a journal or SQLite URL names (None: a database server, or SQLite in memory)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//"))
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``, creating an SQLite file's or journal's folder first."""
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
+    path = local_file(url)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("journal:"):
         backend = optuna.storages.journal.JournalFileBackend(
             str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
         )
         return optuna.storages.journal.JournalStorage(backend)
     engine_kwargs: dict = {}
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # Several workers on one SQLite file wait for the lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
     elif url.startswith("postgresql"):
@@ -75,7 +84,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseSto
     kw = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD}
     storage = retry_outage(url, lambda: RetryingRDBStorage(
         url, engine_kwargs=engine_kwargs, **(kw if heartbeat else {})))
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    if path is not None:
         _sqlite_wal(storage.engine)
     return storage
 
@@ -213,13 +222,8 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
     them is enough. PostgreSQL (and MySQL) take a server-side advisory lock, which the server
     drops by itself when the holder's connection dies with its process.
     """
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
-        with file_lock(path.with_name(path.name + ".hpsearch-lock")):
-            yield
-        return
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
+    path = local_file(url)
+    if path is not None:
         with file_lock(path.with_name(path.name + ".hpsearch-lock")):
             yield
         return
