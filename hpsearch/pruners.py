@@ -16,6 +16,8 @@ shape the defaults:
 
 from __future__ import annotations
 
+import copy
+
 import optuna
 from optuna.trial import TrialState
 
@@ -82,18 +84,11 @@ class _Hyperband(optuna.pruners.HyperbandPruner):
         it would otherwise be judged mid-curve by another bracket's rungs, and its first part
         would drop out of the bracket it was in.
         """
-        if trial.number == origin_of(trial):
-            return super()._get_bracket_id(study, trial)
-        return super()._get_bracket_id(study, _numbered(trial, origin_of(trial)))
-
-
-def _numbered(trial: optuna.trial.FrozenTrial, number: int) -> optuna.trial.FrozenTrial:
-    """A shallow stand-in for ``trial`` that answers ``number`` (all Optuna hashes here)."""
-    import copy
-
-    stand_in = copy.copy(trial)
-    stand_in.number = number
-    return stand_in
+        origin = origin_of(trial)
+        if origin != trial.number:  # a shallow stand-in answering the origin's number
+            trial = copy.copy(trial)
+            trial.number = origin
+        return super()._get_bracket_id(study, trial)
 
 
 def make_pruner(p) -> optuna.pruners.BasePruner:

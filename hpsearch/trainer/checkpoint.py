@@ -125,15 +125,13 @@ def save(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except Exception as e:
-        full = _out_of_space(root)  # asked before the partial files are removed
+    except BaseException as e:
+        # Asked before the partial files are removed; torch.save says only "unexpected
+        # pos ..." when the disk fills under it.
+        full = isinstance(e, Exception) and _out_of_space(root)
         shutil.rmtree(tmp, ignore_errors=True)
         if full and not (isinstance(e, OSError) and e.errno == errno.ENOSPC):
-            # torch.save says only "unexpected pos ..." when the disk fills under it.
             raise OSError(errno.ENOSPC, f"No space left on device writing {final}: {e}") from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-KEEP_LAST]:
         shutil.rmtree(old, ignore_errors=True)
