@@ -187,9 +187,13 @@ def build_model(cfg: TrainerConfig, tokenizer, labels: list[str],
         finally:
             hf_logging.set_verbosity(verbosity)
         if log is not None:
-            log.info("loaded %s; newly initialised: %s; unused from the checkpoint: %s", source,
-                     ", ".join(sorted(info.get("missing_keys", []))) or "none",
-                     ", ".join(sorted(info.get("unexpected_keys", []))) or "none")
+            def keys(kind: str) -> str:  # mismatched keys come as (name, shapes...) tuples
+                names = {k[0] if isinstance(k, tuple) else k for k in info.get(kind, [])}
+                return ", ".join(sorted(names)) or "none"
+
+            log.info("loaded %s; newly initialised: %s; re-initialised (other shape): %s; "
+                     "unused from the checkpoint: %s", source, keys("missing_keys"),
+                     keys("mismatched_keys"), keys("unexpected_keys"))
     head = classifier_of(model)
     if head is not None:
         # Xavier keeps the new head's logits small whatever the hidden size, as BERT-NER does.
