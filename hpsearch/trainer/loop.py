@@ -284,6 +284,11 @@ def _capture(net, batches, width_of, make_batch, device, amp, scaler, log) -> se
     return shapes
 
 
+def _compile_failed(log: logging.Logger, e: Exception) -> None:
+    log.warning("torch.compile failed, continuing without it: %s: %s", type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "")
+
+
 def _forward_backward(net, batch, device, amp, scaler) -> torch.Tensor:
     with _autocast(device, amp):
         loss = net(**batch).loss
@@ -461,8 +466,7 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
         except Exception as e:
             if isinstance(e, torch.OutOfMemoryError):
                 raise
-            log.warning("torch.compile failed, continuing without it: %s: %s",
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            _compile_failed(log, e)
             net, plan.graphs = model, False
         optimizer.zero_grad(set_to_none=True)
     stopped_early = False
@@ -485,10 +489,8 @@ def _train(cfg, prep, out_dir, log, reporter, resume_from, should_stop, metric, 
             except Exception as e:  # a shape's first compile can fail; eager always works
                 if net is model or shape in shapes_run or isinstance(e, torch.OutOfMemoryError):
                     raise
-                log.warning("torch.compile failed, continuing without it: %s: %s",
-                            type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-                net = model
-                plan.graphs = False
+                _compile_failed(log, e)
+                net, plan.graphs = model, False
                 optimizer.zero_grad(set_to_none=True)
                 loss = _forward_backward(model, batch, device, amp, scaler)
             shapes_run.add(shape)
