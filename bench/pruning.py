@@ -152,12 +152,13 @@ def run_arm(name: str, pruner, settings: dict, out: Path) -> Arm:
 
     from hpsearch import study
     from hpsearch.config import parse_study
+    from hpsearch.opening import open_study
 
     cfg = parse_study({**settings, "pruner": pruner, "output_dir": str(out / name)}, name)
     t0 = time.perf_counter()
     summary = study.run(cfg)
     seconds = time.perf_counter() - t0
-    trials = study.open_study(cfg).get_trials(deepcopy=False)
+    trials = open_study(cfg).get_trials(deepcopy=False)
     rows = [(trial_steps(t), t.state.name, t.value) for t in trials]
     return Arm(
         name=name,

@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpsearch.config import load_study  # noqa: E402
+from hpsearch.opening import data_dir  # noqa: E402
 
 
 def derived_study(base: Path, out: Path, n_trials: int, trainer: dict) -> Path:
@@ -98,12 +99,11 @@ def overheads(trials) -> list[float]:
 
 def model_build_seconds(study: Path) -> float:
     """Building the study's model once, in a process that has already imported everything."""
-    from hpsearch import study as driver
     from hpsearch.trainer import prepare
     from hpsearch.trainer.modeling import build_model
 
     cfg = load_study(study)
-    prep = prepare(cfg.trainer, driver.data_dir(cfg), cfg.out / "cache")
+    prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
     build_model(cfg.trainer, prep.tokenizer, prep.labels)  # warm: lazy imports, first alloc
     t0 = time.perf_counter()
     build_model(cfg.trainer, prep.tokenizer, prep.labels)

@@ -354,12 +354,7 @@ def hf_sampler(cfg):
     """
     import optuna
 
-    from hpsearch import study as driver
-    from hpsearch.backends import make_sampler
-
-    per_trial = getattr(driver, "trial_sampler", None)
-    if per_trial is None:  # one seeded stream for the whole study, as HF does by itself
-        return make_sampler(cfg)
+    from hpsearch.trial import trial_sampler as per_trial
 
     class PerTrial(optuna.samplers.BaseSampler):
         def __init__(self) -> None:
@@ -390,10 +385,6 @@ def hf_sampler(cfg):
 
 
 def sampler_note() -> str:
-    from hpsearch import study as driver
-
-    if getattr(driver, "trial_sampler", None) is None:
-        return "one seeded stream for the whole study on both sides"
     return ("seeded per trial from (seed, trial number) on both sides (HF through its sampler= "
             "keyword), so trial k proposes the same point on both while TPE is in start-up")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from hpsearch.config import ConfigError, StudyConfig, load_study
-from hpsearch.errors import root_cause
+from hpsearch.config import load_study
+from hpsearch.errors import ConfigError, DiskFull, StudyInterrupted, UserError, root_cause
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -31,25 +31,18 @@ def _errors(fn):
             if _is_outage(e):
                 click.echo(f"error: {_outage_line(e)}", err=True)
                 sys.exit(EXIT_FAILED)
-            if not isinstance(e, _user_errors()):
-                raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(EXIT_USAGE)
+            if isinstance(e, UserError):
+                click.echo(f"error: {e}", err=True)
+                sys.exit(EXIT_USAGE)
+            if isinstance(e, DiskFull):
+                click.echo(f"error: {e}", err=True)
+                sys.exit(EXIT_FAILED)
+            if isinstance(e, StudyInterrupted):
+                click.echo(f"interrupted: {e}", err=True)
+                sys.exit(EXIT_INTERRUPTED)
+            raise
 
     return wrapper
-
-
-# Errors that are the user's to fix, by module. Importing the trainer costs seconds (torch), so a
-# class is looked up only once its module is loaded: nothing else can have raised it.
-_USER_ERRORS = (
-    ("hpsearch.trainer.data", "DataError"),
-    ("hpsearch.trainer.modeling", "ModelSourceError"),
-)
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    loaded = [getattr(sys.modules[m], name) for m, name in _USER_ERRORS if m in sys.modules]
-    return (ConfigError, *loaded)
 
 
 def _is_outage(e: BaseException) -> bool:
@@ -63,10 +56,6 @@ def _outage_line(e: BaseException) -> str:
     first = (str(root).strip().splitlines() or [type(root).__name__])[0]
     first = re.sub(r"(password=)\S+", r"\1***", first)
     return f"the study database cannot be reached: {first}"
-
-
-def _load(path: str) -> StudyConfig:
-    return load_study(path)
 
 
 def _fmt_params(params: dict) -> str:
@@ -129,7 +118,7 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
     from hpsearch import study as driver
     from hpsearch.storage import redact
 
-    cfg = _load(study_file)
+    cfg = load_study(study_file)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
@@ -165,20 +154,13 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
         click.echo(f"trial {o.number:>3}  {_fmt_params(o.params)}  {cfg.metric}={value}  "
                    f"{o.state.name}{reason}  {o.seconds:.1f}s{best_txt}{who}")
 
-    try:
-        if pooled:
-            from hpsearch.workers import run_pool
+    if pooled:
+        from hpsearch.workers import run_pool
 
-            s = run_pool(cfg, slots, allow_changes=allow_changes, join=join, on_trial=on_trial,
-                         on_note=lambda msg: click.echo(msg, err=True))
-        else:
-            s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
-    except driver.StudyInterrupted as e:
-        click.echo(f"interrupted: {e}", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except driver.DiskFull as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_FAILED)
+        s = run_pool(cfg, slots, allow_changes=allow_changes, join=join, on_trial=on_trial,
+                     on_note=lambda msg: click.echo(msg, err=True))
+    else:
+        s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
     if s.recovered:
         click.echo(f"resumed interrupted trial(s): {', '.join(map(str, s.recovered))}")
     if not s.ran:
@@ -195,10 +177,12 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
 @_errors
 def status(study_file: str) -> None:
     """A table of the study's trials and the best one."""
-    from hpsearch import study as driver
+    from hpsearch.attrs import A_REASON, A_RETRY_OF
+    from hpsearch.opening import open_study
+    from hpsearch.study import summarize
 
-    cfg = _load(study_file)
-    st = driver.open_study(cfg)
+    cfg = load_study(study_file)
+    st = open_study(cfg)
     trials = st.get_trials(deepcopy=False)
     names = list(cfg.search_space)
     click.echo(f"{'#':>4}  {'state':<9} {cfg.metric:>8}  {'time':>7}  "
@@ -206,14 +190,14 @@ def status(study_file: str) -> None:
     for t in trials:
         value = "" if t.value is None else f"{t.value:.4f}"
         secs = "" if t.duration is None else f"{t.duration.total_seconds():.1f}s"
-        note = t.system_attrs.get(driver.A_REASON) or ""
+        note = t.system_attrs.get(A_REASON) or ""
         if t.user_attrs.get("error"):
             note = f"{note}: {t.user_attrs['error']}"
-        if driver.A_RETRY_OF in t.system_attrs:
-            note = f"continues #{t.system_attrs[driver.A_RETRY_OF]} {note}".strip()
+        if A_RETRY_OF in t.system_attrs:
+            note = f"continues #{t.system_attrs[A_RETRY_OF]} {note}".strip()
         vals = "  ".join(f"{_fmt_value(t.params.get(n)):>13}" for n in names)
         click.echo(f"{t.number:>4}  {t.state.name:<9} {value:>8}  {secs:>7}  {vals}  {note}")
-    s = driver.summarize(st, cfg, [], [])
+    s = summarize(st, cfg, [], [])
     click.echo(f"{s.total}/{cfg.n_trials} trials counted")
     if s.best_value is not None:
         click.echo(f"best #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
@@ -230,10 +214,11 @@ def _fmt_value(v) -> str:
 @_errors
 def best(study_file: str, as_json: bool) -> None:
     """The best trial's parameters and score."""
-    from hpsearch import study as driver
+    from hpsearch.opening import open_study
+    from hpsearch.study import summarize
 
-    cfg = _load(study_file)
-    s = driver.summarize(driver.open_study(cfg), cfg, [], [])
+    cfg = load_study(study_file)
+    s = summarize(open_study(cfg), cfg, [], [])
     if s.best_value is None:
         raise ConfigError(f"study '{cfg.name}' has no completed trial yet")
     if as_json:
@@ -267,13 +252,14 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     """Train once with given parameters, outside the search, with the same trainer."""
     from pydantic import ValidationError
 
-    from hpsearch import study as driver
     from hpsearch.config import format_validation_error
+    from hpsearch.opening import data_dir
     from hpsearch.trainer import prepare
     from hpsearch.trainer import train as train_fn
     from hpsearch.trainer.metrics import format_report
+    from hpsearch.trial import use_compile_cache
 
-    cfg = _load(study_file)
+    cfg = load_study(study_file)
     params = _parse_set(sets)
     try:
         tcfg = cfg.trainer_for(params)
@@ -281,8 +267,8 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
         raise ConfigError(f"--set: {format_validation_error(e)}") from None
     stamp = "-".join(f"{k}={v}" for k, v in params.items()) or "defaults"
     out_dir = Path(out) if out else cfg.out / "manual" / stamp
-    prep = prepare(tcfg, driver.data_dir(cfg), cfg.out / "cache")
-    driver.use_compile_cache(cfg)
+    prep = prepare(tcfg, data_dir(cfg), cfg.out / "cache")
+    use_compile_cache(cfg)
     r = train_fn(tcfg, prep, out_dir, metric=cfg.metric, maximize=cfg.direction == "maximize")
     click.echo(f"best {cfg.metric}={r.value:.4f} at step {r.best_step} of {r.steps} "
                f"({r.train_seconds:.1f}s, {r.tokens_per_second:,.0f} tokens/s)")
@@ -302,7 +288,7 @@ def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) 
     from hpsearch.evaluate import evaluate_folder
     from hpsearch.trainer.metrics import format_report
 
-    cfg = _load(study_file)
+    cfg = load_study(study_file)
     folder = Path(model_dir) if model_dir else cfg.out / "best-model"
     scores = evaluate_folder(cfg, folder, split)
     if as_json:
@@ -323,14 +309,11 @@ def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) 
 @_errors
 def plot(study_file: str, out: str | None, png_dir: str | None, open_browser: bool) -> None:
     """Write the study's HTML report: history, learning curves, landscape, importances."""
-    from hpsearch.plots import ExportError, write_report
+    from hpsearch.plots import write_report
 
-    cfg = _load(study_file)
-    try:
-        path = write_report(cfg, Path(out) if out else None,
-                            png_dir=Path(png_dir) if png_dir else None)
-    except ExportError as e:
-        raise ConfigError(str(e)) from None
+    cfg = load_study(study_file)
+    path = write_report(cfg, Path(out) if out else None,
+                        png_dir=Path(png_dir) if png_dir else None)
     click.echo(f"report: {path}")
     if png_dir:
         click.echo(f"figures: {png_dir}")
@@ -347,13 +330,9 @@ def plot(study_file: str, out: str | None, png_dir: str | None, open_browser: bo
 @_errors
 def dashboard(study_file: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on the study's database (safe while workers run)."""
-    from hpsearch.dashboard import DashboardUnavailable, serve_dashboard
+    from hpsearch.dashboard import serve_dashboard
 
-    cfg = _load(study_file)
-    try:
-        serve_dashboard(cfg, host=host, port=port)
-    except DashboardUnavailable as e:
-        raise ConfigError(str(e)) from None
+    serve_dashboard(load_study(study_file), host=host, port=port)
 
 
 @main.command("demo-data")

@@ -16,13 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A study file problem, already phrased as the one line the user should see."""
-
-    def __init__(self, message: str):
-        # Messages quote user input (values, library errors) that may hold line breaks.
-        super().__init__(" ".join(str(message).splitlines()))
+from hpsearch.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -7,12 +7,11 @@ watching a search as it runs, and it reads the same database the workers write t
 from __future__ import annotations
 
 from hpsearch.config import StudyConfig
+from hpsearch.errors import DashboardUnavailable
+from hpsearch.opening import open_study
 from hpsearch.storage import open_storage, redact
-from hpsearch.study import open_study
 
-
-class DashboardUnavailable(RuntimeError):
-    """optuna-dashboard is not installed; the message says how to install it."""
+__all__ = ["DashboardUnavailable", "serve_dashboard"]
 
 
 def serve_dashboard(cfg: StudyConfig, host: str = "127.0.0.1", port: int = 8080) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpsearch.config import ConfigError, StudyConfig
+from hpsearch.config import StudyConfig
+from hpsearch.errors import ConfigError
 
 
 def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict:
@@ -12,10 +13,11 @@ def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from hpsearch.study import data_dir
+    from hpsearch.opening import data_dir
     from hpsearch.trainer.data import read_data
+    from hpsearch.trainer.evaluation import evaluate
     from hpsearch.trainer.features import encode
-    from hpsearch.trainer.loop import evaluate, resolve_device, resolve_precision
+    from hpsearch.trainer.runtime import resolve_device, resolve_precision
 
     if not (folder / "config.json").exists():
         raise ConfigError(f"{folder}: no exported model here (run the study first)")

@@ -32,8 +32,10 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.attrs import A_REASON, A_RETRY_OF, INTERRUPTED
 from hpsearch.config import FloatParam, StudyConfig
-from hpsearch.study import A_REASON, A_RETRY_OF, INTERRUPTED, open_study
+from hpsearch.errors import ExportError
+from hpsearch.opening import open_study
 
 #: Sections of the report, in page order: (html id, heading).
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -54,10 +56,6 @@ IMPORTANCE_MIN_TRIALS = 4
 LANDSCAPE_GRID = 60
 FIG_HEIGHT = 460
 COLORSCALE = "Viridis"
-
-
-class ExportError(RuntimeError):
-    """PNG export is impossible here; the message is the one line to show the user."""
 
 
 @dataclass
@@ -118,10 +116,6 @@ def _params(cfg: StudyConfig, trials: list[FrozenTrial]) -> list[str]:
 
 def _varied(names: list[str], trials: list[FrozenTrial]) -> list[str]:
     return [p for p in names if len({repr(t.params[p]) for t in trials if p in t.params}) > 1]
-
-
-def _target_name(cfg: StudyConfig) -> str:
-    return f"{cfg.metric} ({'higher' if cfg.direction == 'maximize' else 'lower'} is better)"
 
 
 # ----------------------------------------------------------------------------- figures

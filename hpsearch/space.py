@@ -13,6 +13,7 @@ from optuna.distributions import (
 )
 
 from hpsearch.config import CategoricalParam, FloatParam, IntParam
+from hpsearch.optuna_compat import suggest as suggest_one
 
 
 def distribution(param: FloatParam | IntParam | CategoricalParam) -> BaseDistribution:
@@ -29,4 +30,4 @@ def distributions(space: dict[str, Any]) -> dict[str, BaseDistribution]:
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
     """Ask the study's sampler for every declared parameter (log ones are drawn in log space)."""
-    return {name: trial._suggest(name, dist) for name, dist in distributions(space).items()}
+    return {name: suggest_one(trial, name, dist) for name, dist in distributions(space).items()}

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import optuna
 
 from hpsearch.errors import causes
+from hpsearch.optuna_compat import RDB_BACKEND_CALLS
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's "still alive" writes
 GRACE_PERIOD = 60  # a RUNNING trial silent for this long belongs to a dead process
@@ -170,10 +171,7 @@ for _name in (
     "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial_id_from_study_id_trial_number",
-    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
-    # what Optuna's cached storage calls on its backend directly
-    "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
-    "_get_stale_trial_ids",
+    "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat", *RDB_BACKEND_CALLS,
 ):
     setattr(RetryingRDBStorage, _name, _retrying(_name))
 

@@ -41,11 +41,24 @@ from multiprocessing.connection import wait
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import study as driver
+from hpsearch.attrs import A_GPU, A_REASON, CRASHED, DISK_FULL, INTERRUPTED, work_left
 from hpsearch.config import StudyConfig
+from hpsearch.errors import DiskFull, StudyInterrupted
+from hpsearch.export import tidy
+from hpsearch.opening import data_dir, open_study
+from hpsearch.optuna_compat import storage_of, trial_id
+from hpsearch.recovery import interrupt, others_running, recover_interrupted
 from hpsearch.storage import study_lock
+from hpsearch.study import RunSummary, start_study, summarize
+from hpsearch.trial import (
+    StopRequest,
+    TrialOutcome,
+    claim_trial,
+    disk_full_message,
+    record_failure,
+    run_trial,
+)
 
-A_GPU = "hpsearch:cuda_visible_devices"
 POLL = 1.0  # seconds between looks at a study that has nothing to claim but trials in flight
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -120,49 +133,45 @@ def preload(cfg: StudyConfig) -> None:
 # ----------------------------------------------------------------------------- one trial
 
 
-def _trial_process(cfg: StudyConfig, trial_id: int, prep, conn, parent: int) -> None:
+def _trial_process(cfg: StudyConfig, tid: int, prep, conn, parent: int) -> None:
     """The child that trains one trial and reports it; everything it allocates dies with it."""
     _die_with_parent(parent)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers
-    study = driver.open_study(cfg)
+    study = open_study(cfg)
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # what this trial could see, for the record
-        study._storage.set_trial_system_attr(trial_id, A_GPU, os.environ["CUDA_VISIBLE_DEVICES"])
-    trial = optuna.Trial(study, trial_id)
+        storage_of(study).set_trial_system_attr(tid, A_GPU, os.environ["CUDA_VISIBLE_DEVICES"])
+    trial = optuna.Trial(study, tid)
     code = 0
-    with driver.StopRequest() as stop:
+    with StopRequest() as stop:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
         try:
-            outcome = driver.run_trial(study, trial, cfg, prep, stop)
-        except driver.StudyInterrupted:
-            t = study._storage.get_trial(trial_id)
-            outcome = driver.TrialOutcome(t.number, t.state, None, t.params, 0.0,
-                                          driver.INTERRUPTED)
+            outcome = run_trial(study, trial, cfg, prep, stop)
+        except StudyInterrupted:
+            t = storage_of(study).get_trial(tid)
+            outcome = TrialOutcome(t.number, t.state, None, t.params, 0.0, INTERRUPTED)
             code = 130
-    if code == 0 and outcome.reason != driver.DISK_FULL:
-        driver.tidy(study, cfg)
+    if code == 0 and outcome.reason != DISK_FULL:
+        tidy(study, cfg)
     conn.send(outcome)
     conn.close()
     sys.exit(code)
 
 
 def _after_exit(study: optuna.Study, trial: optuna.Trial, exitcode: int | None,
-                stopping: bool, seconds: float) -> driver.TrialOutcome:
+                stopping: bool, seconds: float) -> TrialOutcome:
     """The outcome of a trial whose process ended without reporting one."""
-    storage = study._storage
-    t = storage.get_trial(trial._trial_id)
+    storage = storage_of(study)
+    t = storage.get_trial(trial_id(trial))
     if t.state == TrialState.RUNNING:
         if stopping:  # stopped before it could checkpoint: resume from the last one there is
-            driver.interrupt(study, trial._trial_id)
+            interrupt(study, trial_id(trial))
         else:
-            why = f"trial process died: {_describe_exit(exitcode)}"
-            trial.set_user_attr("fail_reason", "crashed")
-            trial.set_user_attr("error", why)
-            storage.set_trial_system_attr(trial._trial_id, driver.A_REASON, "crashed")
-            study.tell(trial, state=TrialState.FAIL)
-        t = storage.get_trial(trial._trial_id)
-    return driver.TrialOutcome(t.number, t.state, t.value, t.params, seconds,
-                               t.system_attrs.get(driver.A_REASON))
+            record_failure(study, trial, CRASHED,
+                           f"trial process died: {_describe_exit(exitcode)}")
+        t = storage.get_trial(trial_id(trial))
+    return TrialOutcome(t.number, t.state, t.value, t.params, seconds,
+                        t.system_attrs.get(A_REASON))
 
 
 # ----------------------------------------------------------------------------- one worker
@@ -193,26 +202,26 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         signal.signal(sig, on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
 
-    study = driver.open_study(cfg)
+    study = open_study(cfg)
     worker_name = f"{socket.gethostname()}:{os.getpid()} {label}"
     while not state["stop"]:
         if deadline is not None and time.time() >= deadline:
             break
-        trial, recovered = driver.claim_trial(study, cfg, worker=worker_name)
+        trial, recovered = claim_trial(study, cfg, worker=worker_name)
         if recovered:
             conn.send(("recovered", recovered))
         if trial is None:
-            if driver.others_running(study):
+            if others_running(study):
                 time.sleep(POLL)
                 continue
             break
         if state["stop"]:
-            driver.interrupt(study, trial._trial_id)
+            interrupt(study, trial_id(trial))
             break
         t0 = time.time()
         recv, send = ctx.Pipe(duplex=False)
         child = ctx.Process(target=_trial_process, name=f"hpsearch-trial-{trial.number}",
-                            args=(cfg, trial._trial_id, prep, send, os.getpid()))
+                            args=(cfg, trial_id(trial), prep, send, os.getpid()))
         with _signals_held():
             child.start()
             state["child"] = child
@@ -229,7 +238,7 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         if outcome is None:
             outcome = _after_exit(study, trial, child.exitcode, state["stop"], time.time() - t0)
         conn.send(("trial", replace(outcome, worker=label, seconds=time.time() - t0)))
-        if outcome.reason == driver.DISK_FULL:  # the next trial would fail the same way
+        if outcome.reason == DISK_FULL:  # the next trial would fail the same way
             break
     conn.close()
     sys.exit(130 if state["stop"] else 0)
@@ -252,21 +261,21 @@ def run_pool(
     *,
     allow_changes: bool = False,
     join: bool = False,
-    on_trial: Callable[[driver.TrialOutcome, optuna.Study], None] | None = None,
+    on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
     on_note: Callable[[str], None] | None = None,
-) -> driver.RunSummary:
+) -> RunSummary:
     """Run the study with one worker per slot (a GPU id or None) until it needs no more trials.
 
     ``join`` only joins a study that exists (``hpsearch worker``): a mistyped name on a second
     machine must not start a study of its own. Raises ``StudyInterrupted`` after a Ctrl-C.
     """
     note = on_note or (lambda msg: None)
-    study = driver.start_study(cfg, allow_changes=allow_changes, create=not join)
+    study = start_study(cfg, allow_changes=allow_changes, create=not join)
     with study_lock(cfg.storage_url, cfg.name):
-        recovered = driver.recover_interrupted(study)
-    ran: list[driver.TrialOutcome] = []
-    if not driver.work_left(study, cfg.n_trials):
-        return driver.summarize(study, cfg, ran, recovered)
+        recovered = recover_interrupted(study)
+    ran: list[TrialOutcome] = []
+    if not work_left(study, cfg.n_trials):
+        return summarize(study, cfg, ran, recovered)
 
     from hpsearch.trainer import prepare
 
@@ -287,10 +296,10 @@ def run_pool(
     try:
         # The tokenizer's thread pool does not survive fork; the trials do not need it.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        prep = prepare(cfg.trainer, driver.data_dir(cfg), cfg.out / "cache")
+        prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
         preload(cfg)
         if stops["n"]:
-            raise driver.StudyInterrupted("stopped before any trial started")
+            raise StudyInterrupted("stopped before any trial started")
         deadline = time.time() + cfg.timeout if cfg.timeout else None
         ctx = _context()
         with _signals_held():  # a worker takes its own handlers before it hears a stop
@@ -327,11 +336,11 @@ def run_pool(
         for sig, handler in old.items():
             signal.signal(sig, handler)
     if stops["n"] >= 2:
-        raise driver.StudyInterrupted("stopped at once; run again to resume the trials")
-    full = [o for o in ran if o.reason == driver.DISK_FULL]
+        raise StudyInterrupted("stopped at once; run again to resume the trials")
+    full = [o for o in ran if o.reason == DISK_FULL]
     if full:
-        raise driver.DiskFull(driver.disk_full_message(full[0], cfg))
-    driver.tidy(study, cfg)
-    if stops["n"] and driver.work_left(study, cfg.n_trials):
-        raise driver.StudyInterrupted("the running trials checkpointed; run again to resume")
-    return driver.summarize(study, cfg, ran, recovered)
+        raise DiskFull(disk_full_message(full[0], cfg))
+    tidy(study, cfg)
+    if stops["n"] and work_left(study, cfg.n_trials):
+        raise StudyInterrupted("the running trials checkpointed; run again to resume")
+    return summarize(study, cfg, ran, recovered)

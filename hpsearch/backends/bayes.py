@@ -55,6 +55,9 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 
+from hpsearch.optuna_compat import fresh_trials, storage_of
+from hpsearch.optuna_compat import trial_id as compat_trial_id
+
 __all__ = ["BayesOptSampler"]
 
 _logger = optuna.logging.get_logger(__name__)
@@ -180,7 +183,7 @@ class BayesOptSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         self._raise_error_if_multi_objective(study)
-        storage, trial_id = study._storage, trial._trial_id
+        storage, trial_id = storage_of(study), compat_trial_id(trial)
         storage.set_trial_system_attr(trial_id, ACQUISITION_KEY, self._acquisition)
         if not search_space:
             # Nothing finished yet (or nothing numeric): every param comes from RandomSampler.
@@ -226,7 +229,7 @@ class BayesOptSampler(BaseSampler):
         xs: list[list[float]] = []
         ys: list[float] = []
         pending: list[list[float]] = []
-        for t in study._get_trials(deepcopy=False, states=states, use_cache=False):
+        for t in fresh_trials(study, states):
             if t.number == trial.number:
                 continue
             if t.state == TrialState.RUNNING:

@@ -1,14 +1,24 @@
-"""The trainer inside every trial: data, batching, model, loop, checkpoints, metrics."""
+"""The trainer inside every trial: data, batching, model, loop, checkpoints, metrics.
 
-from hpsearch.trainer.inputs import Prepared, prepare
-from hpsearch.trainer.loop import Interrupted, TrialPrunedAt, TrialResult, TrialStopped, train
+Names are loaded on first use: the driver and the views import parts of this package (the
+trial folder's layout) without paying for torch and transformers.
+"""
 
-__all__ = [
-    "Interrupted",
-    "Prepared",
-    "TrialPrunedAt",
-    "TrialResult",
-    "TrialStopped",
-    "prepare",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "Prepared": "inputs", "prepare": "inputs",
+    "Interrupted": "loop", "TrialPrunedAt": "loop", "TrialResult": "loop",
+    "TrialStopped": "loop", "train": "loop",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hpsearch.trainer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"hpsearch.trainer.{_WHERE[name]}"), name)

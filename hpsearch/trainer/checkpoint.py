@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from hpsearch.trainer.trial_dir import STEP_PREFIX
+
 log = logging.getLogger(__name__)
 
-PREFIX = "step-"
 KEEP_LAST = 2
 
 
@@ -101,7 +102,7 @@ def save(
 ) -> Path:
     """Write ``root/step-NNNNNNNN`` atomically and keep only the newest ``KEEP_LAST``."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{state['step']:08d}"
+    final = root / f"{STEP_PREFIX}{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -149,7 +150,7 @@ def _out_of_space(path: Path, margin: int = 1 << 20) -> bool:
 def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX))
 
 
 def verify(path: Path) -> dict[str, Any]:

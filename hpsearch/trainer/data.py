@@ -12,16 +12,13 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPLITS = ("train", "val", "test")
+from hpsearch.errors import DataError
+
 _CONLL_NAMES = {
     "train": ("train.txt", "train.conll", "eng.train"),
     "val": ("val.txt", "dev.txt", "valid.txt", "val.conll", "dev.conll", "eng.testa"),
     "test": ("test.txt", "test.conll", "eng.testb"),
 }
-
-
-class DataError(ValueError):
-    """A data file problem, phrased as `file:line: what is wrong`."""
 
 
 @dataclass

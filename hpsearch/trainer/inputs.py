@@ -49,10 +49,6 @@ class Prepared:
         self.used = True
         return self.seconds, self.source
 
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {lab: i for i, lab in enumerate(self.labels)}
-
 
 _MEMO: dict[tuple, Prepared] = {}
 

@@ -20,12 +20,11 @@ import torch
 from torch import nn
 
 from hpsearch.config import ScratchModel, TrainerConfig
+from hpsearch.errors import ModelSourceError
 
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-class ModelSourceError(ValueError):
-    """The model named in the study cannot be found or loaded."""
 
 
 def resolve_source(model: str) -> str:

@@ -1,0 +1,55 @@
+"""What hpsearch writes on a trial besides its parameters and values: why it failed, whom it
+continues, and so whether it counts toward ``n_trials``.
+
+These keys are how any process, on any machine, tells a live trial from a dead one, finds a
+trial's folder, follows a line of continuations and counts the study; the report and the
+dashboard read them too. Importing this module costs nothing: the views need only the names.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+# Who runs a trial and whether it is still alive.
+A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
+A_WORKER, A_WORKER_PID = "hpsearch:worker", "hpsearch:worker_pid"
+A_GPU = "hpsearch:cuda_visible_devices"  # what a trial process could see, for the record
+# Where its files are, and the folder whose checkpoints a continuation loads.
+A_DIR, A_FROM = "hpsearch:trial_dir", "hpsearch:resumed_from_dir"
+# How it ended, and the line of trials it belongs to.
+A_REASON, A_RETRY_OF = "hpsearch:fail_reason", "hpsearch:retry_of"
+#: The number of the first trial of a line of continuations: a continuation carries it on, so
+#: anything keyed by trial number (Hyperband's bracket) keeps treating the line as one trial.
+A_ORIGIN = "hpsearch:origin"
+# A trial another one takes over (it does not count), and what that one trains differently.
+A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_overrides", \
+    "hpsearch:oom_retry"
+# The study's settings, to refuse mixing two searches under one name.
+A_CONFIG = "hpsearch:config"
+
+# Failure reasons (besides the trainer's own: nan_loss, checkpoint_mismatch, config, ...).
+INTERRUPTED, DISK_FULL, OOM, CRASHED, ERROR = "interrupted", "disk_full", "oom", "crashed", \
+    "error"
+
+
+def origin_of(trial: FrozenTrial) -> int:
+    return int(trial.system_attrs.get(A_ORIGIN, trial.number))
+
+
+def counts_toward_total(t: FrozenTrial) -> bool:
+    """Every trial counts once, except one taken over by another (an interrupted trial's
+    continuation, an out-of-memory trial's retry): that one counts instead."""
+    return t.system_attrs.get(A_REASON) != INTERRUPTED and not t.system_attrs.get(A_RETRIED)
+
+
+def n_counted(study: optuna.Study) -> int:
+    return sum(counts_toward_total(t) for t in study.get_trials(deepcopy=False))
+
+
+def work_left(study: optuna.Study, n_trials: int) -> bool:
+    """Queued continuations run even when the total is reached: they are already counted."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    return sum(counts_toward_total(t) for t in trials) < n_trials

@@ -1,0 +1,93 @@
+"""Keeping what a finished study needs, and handing back its best model as a plain HF folder.
+
+``keep: best`` (the default) deletes checkpoints of finished trials and the best weights of
+every trial but the best; ``keep: all`` deletes nothing. A folder a continuation has yet to
+adopt is never touched. The best trial's weights become ``<output_dir>/best-model``, loadable
+with ``AutoModelForTokenClassification.from_pretrained`` and no hpsearch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.attrs import A_DIR, A_FROM
+from hpsearch.config import StudyConfig
+from hpsearch.opening import data_dir
+from hpsearch.storage import file_lock
+from hpsearch.trainer.trial_dir import best_weights, drop_best, drop_checkpoints
+
+
+def tidy(study: optuna.Study, cfg: StudyConfig) -> None:
+    """Drop what no later step needs; export the best trial's model.
+
+    Workers sharing the output folder tidy one at a time, so that one does not delete the
+    weights another is exporting, nor two write the same temporary folder.
+    """
+    with file_lock(cfg.out / ".tidy.lock"):
+        _tidy(study, cfg)
+
+
+def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
+    trials = study.get_trials(deepcopy=False)
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    # Folders whose checkpoints (and best weights) a continuation has yet to adopt.
+    wanted = {t.system_attrs.get(A_DIR) for t in trials if t.state == TrialState.WAITING}
+    wanted |= {t.system_attrs.get(A_FROM) for t in trials if t.state == TrialState.RUNNING}
+    for t in trials:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or A_DIR not in t.system_attrs:
+            continue
+        if t.system_attrs[A_DIR] in wanted:
+            continue
+        d = Path(t.system_attrs[A_DIR])
+        if cfg.keep != "all":
+            drop_checkpoints(d)
+        if cfg.keep != "all" and (best is None or t.number != best.number):
+            drop_best(d)
+    if best is not None:
+        export_best(cfg, best)
+
+
+def export_best(cfg: StudyConfig, best: FrozenTrial) -> Path | None:
+    """``<output_dir>/best-model``, replaced atomically when a better trial appears."""
+    weights = best_weights(Path(best.system_attrs.get(A_DIR, "")))
+    target = cfg.out / "best-model"
+    marker = target / "hpsearch-trial.json"
+    if marker.exists() and json.loads(marker.read_text()).get("number") == best.number:
+        return target
+    if not weights.exists():
+        return None
+    from safetensors.torch import load_file
+
+    from hpsearch.trainer import prepare
+    from hpsearch.trainer.modeling import build_model
+
+    tcfg = cfg.trainer_for(best.params)
+    prep = prepare(tcfg, data_dir(cfg), cfg.out / "cache")
+    model = build_model(tcfg, prep.tokenizer, prep.labels)
+    model.load_state_dict(load_file(weights))
+    tmp = cfg.out / ".best-model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard bar per export is noise in the trial lines
+    model.save_pretrained(tmp)
+    prep.tokenizer.save_pretrained(tmp)
+    (tmp / "hpsearch-trial.json").write_text(
+        json.dumps({"number": best.number, "value": best.value, "params": best.params})
+    )
+    old = cfg.out / ".best-model.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
