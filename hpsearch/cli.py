@@ -73,9 +73,12 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _pool_options(fn):
-    """--workers/--gpus/--trials-per-gpu: the same for starting a study and for joining one."""
+def _run_options(fn):
+    """What starting a study and joining one share: the file, --allow-changes, the pool."""
     for opt in reversed([
+        click.argument("study_file", type=click.Path(dir_okay=False)),
+        click.option("--allow-changes", is_flag=True,
+                     help="Continue although study.yaml changed."),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Worker processes on this machine; each trial runs in its own process."),
         click.option("--gpus", default=None, metavar="0,1,...",
@@ -88,9 +91,7 @@ def _pool_options(fn):
 
 
 @main.command()
-@click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--allow-changes", is_flag=True, help="Continue although study.yaml changed.")
-@_pool_options
+@_run_options
 @_errors
 def run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
         trials_per_gpu: int) -> None:
@@ -102,9 +103,7 @@ main.add_command(run, name="resume")
 
 
 @main.command()
-@click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--allow-changes", is_flag=True, help="Continue although study.yaml changed.")
-@_pool_options
+@_run_options
 @_errors
 def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
            trials_per_gpu: int) -> None:

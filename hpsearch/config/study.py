@@ -1,0 +1,109 @@
+"""The study file as a whole, and the derived things (folders, storage, a trial's trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from hpsearch.config.backends import Backend, OptunaBackend
+from hpsearch.config.base import Strict
+from hpsearch.config.pruners import NoPruner, Pruner
+from hpsearch.config.space import CategoricalParam, FloatParam, IntParam, Param
+from hpsearch.config.trainer import TUNABLE, TrainerConfig
+
+
+class StudyConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    storage: str | None = Field(
+        default=None, description="Optuna storage URL; default sqlite under output_dir"
+    )
+    direction: Literal["maximize", "minimize"] = "maximize"
+    metric: Literal["f1", "precision", "recall", "accuracy", "loss"] = "f1"
+    n_trials: int = Field(ge=1, description="total across runs and workers")
+    timeout: float | None = Field(default=None, gt=0, description="seconds for one run")
+    seed: int = 0
+    backend: Backend = Field(default_factory=OptunaBackend)
+    pruner: Pruner = Field(default_factory=lambda: NoPruner(name="none"))
+    search_space: dict[str, Param] = Field(min_length=1)
+    trainer: TrainerConfig
+    output_dir: str | None = Field(default=None, description="default runs/<name>")
+    keep: Literal["best", "all", "none"] = "best"
+    on_oom: Literal["fail", "halve_batch"] = Field(
+        default="fail", description="halve_batch: retry an out-of-memory trial once, half batch"
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_shorthand(cls, v: Any) -> Any:
+        if v is None:
+            return {"name": "none"}
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _space_names(self) -> StudyConfig:
+        for name, param in self.search_space.items():
+            if name not in TUNABLE:
+                raise ValueError(
+                    f"search_space.{name}: not a tunable trainer field "
+                    f"(tunable: {', '.join(sorted(TUNABLE))})"
+                )
+            try:
+                self.trainer.model_validate(
+                    {**self.trainer.model_dump(), name: _probe_value(param)}
+                )
+            except ValidationError as e:
+                raise ValueError(f"search_space.{name}: {e.errors()[0]['msg']}") from None
+        return self
+
+    # Derived locations: one place decides where a study keeps its things.
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir or Path("runs") / self.name)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.out / 'study.db').as_posix()}"
+
+    def trainer_for(self, params: dict[str, Any]) -> TrainerConfig:
+        """The trainer config of one trial: the study's defaults with the sampled values in.
+
+        Step counts in a study file are steps at the study's own batch size. A trial with
+        half the batch (a searched ``max_tokens``, an out-of-memory retry) takes twice the
+        steps for the same data, so its evaluations, checkpoints and step limit come at twice
+        the steps: every trial is evaluated after the same amount of data.
+        """
+        merged = {**self.trainer.model_dump(), **params}
+        if merged.get("seed") is None:
+            merged["seed"] = self.seed
+        trial = TrainerConfig.model_validate(merged)
+        scale = self.step_scale(trial)
+        if scale == 1:
+            return trial
+        return trial.model_copy(update={
+            k: max(1, round(getattr(trial, k) * scale))
+            for k in ("eval_every", "checkpoint_every", "max_steps")
+            if getattr(trial, k) and k not in params
+        })
+
+    def step_scale(self, trial: TrainerConfig) -> float:
+        """A trial's optimizer steps per step of the study's batch size (1: the same batches)."""
+        base = self.trainer
+        if base.batch_size and trial.batch_size:
+            return base.batch_size / trial.batch_size
+        if base.batch_size is None and trial.batch_size is None:
+            return base.max_tokens / trial.max_tokens
+        return 1.0  # fixed rows against a token budget: no common measure
+
+
+def _probe_value(param: FloatParam | IntParam | CategoricalParam) -> Any:
+    """A value inside the declared range, to check its type against the trainer field."""
+    if isinstance(param, CategoricalParam):
+        return param.choices[0]
+    return param.low

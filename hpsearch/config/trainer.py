@@ -1,0 +1,115 @@
+"""What one trial trains: model, data, optimiser, batching, precision; and what may be searched."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from hpsearch.config.base import Strict
+
+
+class ScratchModel(Strict):
+    """A BERT built from a config, with a WordPiece vocabulary learnt from the training data.
+
+    Lets a study (and the test suite) run with no downloaded weights at all.
+    """
+
+    hidden_size: int = Field(default=64, ge=8)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=2, ge=1)
+    intermediate_size: int = Field(default=128, ge=8)
+    vocab_size: int = Field(default=2000, ge=100)
+    max_position_embeddings: int = Field(default=512, ge=16)
+    hidden_dropout_prob: float = Field(default=0.1, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(default=0.1, ge=0, lt=1)
+    lowercase: bool = False
+
+    @model_validator(mode="after")
+    def _heads(self) -> ScratchModel:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be a multiple of num_attention_heads")
+        return self
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(ge=1)
+    min_delta: float = Field(default=0.0, ge=0)
+    min_epochs: int = Field(default=0, ge=0)
+
+
+class TrainerConfig(Strict):
+    """Everything one trial's training run needs; searched parameters override these fields."""
+
+    model: str = Field(
+        default="scratch",
+        description="'scratch', a hub name, a local HF folder, or 'package:NAME' for a model "
+        "folder shipped inside an installed Python package",
+    )
+    scratch: ScratchModel = Field(default_factory=ScratchModel)
+    data_dir: str = Field(description="a data folder, or 'demo' for the generated demo set")
+    data_format: Literal["auto", "bert-ner", "conll"] = "auto"
+    train_limit: int | None = Field(default=None, ge=1, description="use the first N sentences")
+    val_limit: int | None = Field(default=None, ge=1)
+    max_length: int = Field(default=128, ge=8, description="sub-word tokens per window")
+
+    learning_rate: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
+    adam_beta2: float = Field(default=0.999, gt=0, lt=1)
+    adam_epsilon: float = Field(default=1e-8, gt=0)
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+    full_finetuning: bool = True
+
+    max_epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_tokens: int = Field(default=4096, ge=16, description="token budget of one batch")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="fixed sentences per batch instead of a token budget"
+    )
+    eval_every: int | None = Field(default=None, ge=1, description="steps; default once an epoch")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1, description="steps between checkpoints, besides one at every eval"
+    )
+    eval_batch_tokens: int = Field(default=16384, ge=16)
+    early_stopping: EarlyStopping | None = None
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    compile: bool = False
+    fast_path: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="CUDA: static shapes (windows padded to `buckets`, fixed rows per bucket) "
+        "and torch.compile(mode='reduce-overhead'), i.e. CUDA graphs. CPU: dropout masks from a "
+        "faster generator and leaner attention (trainer/kernels.py); `on` adds the buckets. "
+        "auto = graphs on CUDA, kernels on CPU; off = the model exactly as transformers runs it",
+    )
+    buckets: list[Annotated[int, Field(ge=8)]] = Field(
+        default=[64, 128, 256], min_length=1, description="padded widths of the fast path"
+    )
+    num_threads: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    progress: bool = True
+
+
+#: Trainer fields a search space may tune; the rest describe the run, not its hyperparameters.
+TUNABLE = frozenset(
+    {
+        "learning_rate",
+        "weight_decay",
+        "warmup_ratio",
+        "schedule",
+        "max_grad_norm",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "dropout",
+        "max_epochs",
+        "max_tokens",
+        "batch_size",
+        "full_finetuning",
+    }
+)

@@ -1,0 +1,202 @@
+"""The report page: summary, figures and the trial table in one offline HTML file."""
+
+from __future__ import annotations
+
+import html
+import statistics
+from datetime import datetime
+from typing import Any
+
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.attrs import A_REASON, A_RETRY_OF, INTERRUPTED
+from hpsearch.config import StudyConfig
+from hpsearch.plots.common import FIG_HEIGHT, Views, best_of, completed, finite, param_names
+
+#: Sections of the report, in page order: (html id, heading).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("summary", "Summary"),
+    ("history", "Optimization history"),
+    ("learning-curves", "Learning curves"),
+    ("landscape", "Landscape"),
+    ("parallel", "Parallel coordinates"),
+    ("slice", "Slices"),
+    ("importances", "Parameter importances"),
+    ("trials", "Trials"),
+)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1rem 2rem;
+       color: #222; }
+nav a { margin-right: 1rem; }
+section { margin: 2rem 0; }
+.note { background: #fff6e0; border-left: 4px solid #f0a000; padding: .5rem 1rem; }
+.empty { background: #fdecea; border-left: 4px solid #d62728; padding: .5rem 1rem; }
+table { border-collapse: collapse; }
+.summary th { text-align: left; padding: .2rem 1rem .2rem 0; }
+.trials th, .trials td { border: 1px solid #ddd; padding: .2rem .5rem; font-size: .9rem; }
+.table-wrap { max-height: 80vh; overflow: auto; display: inline-block; }
+.trials th { background: #f4f4f4; cursor: pointer; position: sticky; top: 0; }
+.trials th[data-dir=asc]::after { content: " \\25B2"; }
+.trials th[data-dir=desc]::after { content: " \\25BC"; }
+.trials tr.pruned td { color: #a33; }
+.trials tr.fail td { color: #b60; }
+"""
+
+
+_SORT_JS = """
+document.querySelectorAll('table.trials th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var body = th.closest('table').tBodies[0], up = th.dataset.dir !== 'asc';
+    th.closest('tr').querySelectorAll('th').forEach(function (h) { delete h.dataset.dir; });
+    th.dataset.dir = up ? 'asc' : 'desc';
+    var key = function (tr) {
+      var v = tr.cells[col].dataset.v, n = parseFloat(v);
+      return v !== '' && isFinite(v) ? n : v;
+    };
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === y) return 0;
+      if (x === '') return 1;
+      if (y === '') return -1;
+      var c = (typeof x === typeof y) ? (x < y ? -1 : 1) : (typeof x === 'number' ? -1 : 1);
+      return up ? c : -c;
+    }).forEach(function (tr) { body.appendChild(tr); });
+  });
+});
+"""
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return ""
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _duration(t: FrozenTrial, now: datetime) -> float | None:
+    if t.datetime_start is None:
+        return None
+    end = t.datetime_complete or (now if t.state == TrialState.RUNNING else None)
+    return None if end is None else (end - t.datetime_start).total_seconds()
+
+
+def trial_notes(t: FrozenTrial) -> str:
+    """Why a trial ended as it did, in the words ``hpsearch status`` uses."""
+    parts = []
+    reason = t.system_attrs.get(A_REASON) or t.user_attrs.get("fail_reason")
+    if reason == INTERRUPTED:
+        parts.append("interrupted (continued by a later trial)")
+    elif reason:
+        parts.append(str(reason))
+    if t.user_attrs.get("error"):
+        parts.append(str(t.user_attrs["error"])[:300])
+    if A_RETRY_OF in t.system_attrs:
+        parts.append(f"continues #{t.system_attrs[A_RETRY_OF]}")
+    if t.state == TrialState.PRUNED:
+        step = t.user_attrs.get("pruned_step", max(t.intermediate_values, default=None))
+        parts.append(f"pruned at step {step}" if step is not None else "pruned")
+    return "; ".join(parts)
+
+
+def summary_html(trials: list[FrozenTrial], cfg: StudyConfig, study_name: str) -> str:
+    done = completed(trials)
+    now = datetime.now()
+    finished = [d for t in trials if t.state.is_finished() and (d := _duration(t, now)) is not None]
+    by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    rows = [
+        ("study", study_name),
+        ("metric", f"{cfg.metric}, {cfg.direction}"),
+        ("backend", cfg.backend.name),
+        ("pruner", cfg.pruner.name),
+        ("trials", f"{len(trials)} (n_trials {cfg.n_trials})"
+                   + "".join(f", {n} {s}" for s, n in by_state.items() if n)),
+    ]
+    if done:
+        best = best_of(done, cfg)
+        rows.append(("best", f"{cfg.metric} = {best.value:.4f} (trial {best.number})"))
+        rows.append(("best params",
+                     ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())))
+    if finished:
+        rows.append(("compute time", f"{fmt_seconds(sum(finished))} over {len(finished)} "
+                     "finished trials (sum of trial durations)"))
+        rows.append(("per trial", f"mean {fmt_seconds(statistics.fmean(finished))}, median "
+                     f"{fmt_seconds(statistics.median(finished))}, max "
+                     f"{fmt_seconds(max(finished))}"))
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    empty = "" if done else (
+        '<p class="empty"><strong>No completed trials yet.</strong> The plots appear once a '
+        "trial completes; run the study (<code>hpsearch run</code>) or wait for its workers.</p>"
+    )
+    return f'<table class="summary">{body}</table>{empty}'
+
+
+def trial_table_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
+    """A plain table; a click on a header sorts it (see ``_SORT_JS``)."""
+    names = param_names(cfg, trials)
+    now = datetime.now()
+    heads = ["#", "state", cfg.metric, *names, "duration", "notes"]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    rows = []
+    for t in trials:
+        d = _duration(t, now)
+        cells = [
+            (t.number, str(t.number)),
+            (t.state.name, t.state.name.lower()),
+            (t.value if finite(t.value) else "", "" if t.value is None else f"{t.value:.4f}"),
+            *((t.params.get(n, ""), _fmt(t.params[n]) if n in t.params else "") for n in names),
+            (d if d is not None else "", fmt_seconds(d)),
+            (trial_notes(t), trial_notes(t)),
+        ]
+        tds = "".join(
+            f'<td data-v="{html.escape(str(key))}">{html.escape(text)}</td>' for key, text in cells
+        )
+        rows.append(f'<tr class="{t.state.name.lower()}">{tds}</tr>')
+    return (f'<div class="table-wrap"><table id="trial-table" class="trials"><thead><tr>{head}'
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _plot_div(key: str, fig: go.Figure) -> str:
+    height = fig.layout.height or FIG_HEIGHT
+    return fig.to_html(
+        full_html=False, include_plotlyjs=False, div_id=f"plot-{key}",
+        default_width="100%", default_height=f"{height}px",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def render_html(cfg: StudyConfig, study_name: str, trials: list[FrozenTrial], views: Views) -> str:
+    """The whole page; plotly.js goes in once, in the head, and only when there is a plot."""
+    from plotly.offline import get_plotlyjs
+
+    parts = {
+        "summary": summary_html(trials, cfg, study_name),
+        "trials": trial_table_html(trials, cfg),
+    }
+    sections = []
+    for sid, heading in SECTIONS:
+        body = parts.get(sid, "")
+        if sid in views.notes:
+            body += f'<p class="note">{html.escape(views.notes[sid])}</p>'
+        if sid in views.figures:
+            body += f'<div class="plot">{_plot_div(sid, views.figures[sid])}</div>'
+        sections.append(f'<section id="{sid}"><h2>{heading}</h2>{body}</section>')
+    nav = " ".join(f'<a href="#{sid}">{heading}</a>' for sid, heading in SECTIONS)
+    plotly_js = f"<script>{get_plotlyjs()}</script>" if views.figures else ""
+    title = html.escape(f"hpsearch report: {study_name}")
+    stamp = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_CSS}</style>{plotly_js}</head><body><h1>{title}</h1>"
+        f"<p>Written {stamp} from {len(trials)} trials.</p><nav>{nav}</nav>"
+        f"{''.join(sections)}<script>{_SORT_JS}</script></body></html>\n"
+    )

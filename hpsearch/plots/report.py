@@ -1,0 +1,74 @@
+"""Writing the report (and PNGs of its figures) to disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from hpsearch.config import StudyConfig
+from hpsearch.errors import ExportError
+from hpsearch.opening import open_study
+from hpsearch.plots.common import snapshot
+from hpsearch.plots.html import render_html
+from hpsearch.plots.views import build_views
+
+
+def write_report(
+    cfg: StudyConfig, out: Path | None = None, *, png_dir: Path | None = None
+) -> Path:
+    """Write the HTML report (default ``<output_dir>/report.html``) and optionally PNGs.
+
+    A study without completed trials still gets a report (summary and trial table), not an
+    error. The HTML replaces any old report atomically, so a browser reloading it never sees a
+    half-written file. PNGs come after the HTML: an :class:`ExportError` leaves the HTML there.
+    """
+    study = open_study(cfg)
+    snap = snapshot(study)
+    trials = snap.get_trials(deepcopy=False)
+    views = build_views(snap, cfg)
+    out = Path(out) if out is not None else cfg.out / "report.html"
+    atomic_write_text(out, render_html(cfg, study.study_name, trials, views))
+    if png_dir is not None:
+        export_png(views.figures, Path(png_dir))
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_png(figs: dict[str, go.Figure], png_dir: Path) -> list[Path]:
+    """``<key>.png`` per figure, through kaleido and a local Chrome/Chromium (one session)."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ExportError(
+            "PNG export needs kaleido and Chrome/Chromium: pip install kaleido "
+            "(and e.g. apt-get install chromium)"
+        ) from None
+    import plotly.io as pio
+
+    png_dir.mkdir(parents=True, exist_ok=True)
+    paths = [png_dir / f"{key}.png" for key in figs]
+    if not figs:
+        return paths
+    try:
+        pio.write_images(list(figs.values()), paths, format="png", width=1100)
+    except Exception as e:  # kaleido reports a missing browser in several exception types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ExportError(
+            f"PNG export failed: {first} (kaleido draws with a local Chrome/Chromium: install one, "
+            "e.g. apt-get install chromium, or set BROWSER_PATH to its executable)"
+        ) from e
+    return paths
