@@ -474,15 +474,21 @@ def _solo_group_template() -> list[dict[str, Any]]:
 class FusedAdamW:
     """AdamW with its own lr, weight decay, betas, eps and step count per member.
 
-    torch's AdamW maths (decoupled decay ``p -= lr * wd * p``, bias corrections from each
-    member's own step count, ``denom = sqrt(v) / sqrt(1 - beta2^t) + eps``) on the stacked
-    weights, the per-member numbers broadcast over the trial axis: a handful of tensor ops per
-    stacked parameter whatever K is. As in the solo loop's ``param_groups``, weights that are
-    1-D in the solo model (biases, LayerNorm) are not decayed. Master weights stay fp32.
+    torch's AdamW maths: decoupled decay ``p *= 1 - lr * wd``, bias corrections from each
+    member's own step count, ``denom = sqrt(v) / sqrt(1 - beta2^t) + eps``. As in the solo
+    loop's ``param_groups``, weights that are 1-D in the solo model (biases, LayerNorm) are not
+    decayed. Master weights stay fp32.
+
+    Two ways to run it, same numbers. ``fused=True`` (the default where torch has a fused
+    AdamW kernel for the device: CPU and CUDA) calls that kernel once per member and group on
+    the member's slices of the stacked tensors: one pass over memory, the solo optimizer's own
+    arithmetic, 2K calls a step. ``fused=False`` updates every stacked tensor for all members
+    at once, the per-member numbers broadcast over the trial axis: ten element-wise passes per
+    tensor, which on a CPU made the optimizer 2-4x slower than the kernel calls.
     """
 
     def __init__(self, model: FusedModel, *, weight_decay: Any, betas: Any, eps: Any,
-                 lr: Any = 1e-3):
+                 lr: Any = 1e-3, fused: bool | None = None):
         self.model = model
         self.k = k = model.k
         named = [(n, p) for n, p in model.member_parameters() if p.requires_grad]
@@ -508,6 +514,20 @@ class FusedAdamW:
         self.betas = [(float(b1), float(b2)) for b1, b2 in betas]
         self.lr = self._floats(lr, "lr")
         self._groups = _solo_group_template()
+        device = self.params[0].device
+        if fused is None:
+            fused = (hasattr(torch, "_fused_adamw_") and device.type in ("cpu", "cuda")
+                     and all(p.is_contiguous() for p in self.params))
+        self.fused = fused
+        # Member k's slices of every stacked tensor, as the kernel takes them: views, which
+        # stay valid because weights and moments are only ever updated in place.
+        self._slices = [
+            [list(col) for col in zip(*(t.detach().unbind(0) for t in tensors))]
+            for tensors in (self.params, self.exp_avg, self.exp_avg_sq)
+        ]
+        self._step_t = [torch.zeros((), dtype=torch.float32, device=device) for _ in range(k)]
+        self._groups_of = [[i for i, d in enumerate(self.decays) if d],
+                           [i for i, d in enumerate(self.decays) if not d]]
 
     def _floats(self, values: Any, what: str) -> list[float]:
         if isinstance(values, torch.Tensor):
@@ -542,6 +562,29 @@ class FusedAdamW:
         for i in on:
             self.steps[i] += 1
             self.lr[i] = lrs[i]
+        if self.fused:
+            self._step_fused(on)
+        else:
+            self._step_vectorised(on)
+
+    def _step_fused(self, on: list[int]) -> None:
+        have = [i for i, p in enumerate(self.params) if p.grad is not None]
+        grads = {i: self.params[i].grad.contiguous().unbind(0) for i in have}
+        params, exp_avg, exp_avg_sq = self._slices
+        for k in on:
+            self._step_t[k].fill_(self.steps[k])
+            b1, b2 = self.betas[k]
+            for group, wd in zip(self._groups_of, (self.weight_decay[k], 0.0)):
+                ids = [i for i in group if i in grads]
+                if not ids:
+                    continue
+                torch._fused_adamw_(
+                    [params[k][i] for i in ids], [grads[i][k] for i in ids],
+                    [exp_avg[k][i] for i in ids], [exp_avg_sq[k][i] for i in ids], [],
+                    [self._step_t[k]] * len(ids), lr=self.lr[k], beta1=b1, beta2=b2,
+                    weight_decay=wd, eps=self.eps[k], amsgrad=False, maximize=False)
+
+    def _step_vectorised(self, on: list[int]) -> None:
         device = self.params[0].device
         dtype = self.params[0].dtype
         cols: dict[str, list[float]] = {n: [] for n in
@@ -549,14 +592,15 @@ class FusedAdamW:
         for i in on:
             b1, b2 = self.betas[i]
             t = self.steps[i]
+            lr = self.lr[i]
             # in double precision, then float32 in the update, as torch's fused kernel does
-            cols["keep"].append(1 - lrs[i] * self.weight_decay[i])
+            cols["keep"].append(1 - lr * self.weight_decay[i])
             cols["c1"].append(1 - b1)
             cols["b2"].append(b2)
             cols["c2"].append(1 - b2)
             cols["bc2"].append(math.sqrt(1 - b2**t))
             cols["eps"].append(self.eps[i])
-            cols["size"].append(-lrs[i] / (1 - b1**t))
+            cols["size"].append(-lr / (1 - b1**t))
         s = {n: torch.tensor(v, dtype=dtype, device=device) for n, v in cols.items()}
         index = None if len(on) == self.k else torch.tensor(on, device=device)
         for p, m, v, decays in zip(self.params, self.exp_avg, self.exp_avg_sq, self.decays):
@@ -566,8 +610,7 @@ class FusedAdamW:
             if index is None:
                 _adamw(p, g, m, v, s, decays)
             else:
-                ps, ms, vs = p.index_select(0, index), m.index_select(0, index), \
-                    v.index_select(0, index)
+                ps, ms, vs = (t.index_select(0, index) for t in (p, m, v))
                 _adamw(ps, g.index_select(0, index), ms, vs, s, decays)
                 p.index_copy_(0, index, ps)
                 m.index_copy_(0, index, ms)
