@@ -103,13 +103,14 @@ class Solo:
 class Fused:
     """The same recipe for K members at once."""
 
-    def __init__(self, members: list[nn.Module], cfgs: list[TrainerConfig], pad: int):
+    def __init__(self, members: list[nn.Module], cfgs: list[TrainerConfig], pad: int,
+                 fused: bool | None = None):
         self.model = FusedModel(members).train()
         self.cfgs, self.pad = cfgs, pad
         self.opt = FusedAdamW(self.model, weight_decay=[c.weight_decay for c in cfgs],
                               betas=[(c.adam_beta1, c.adam_beta2) for c in cfgs],
                               eps=[c.adam_epsilon for c in cfgs],
-                              lr=[c.learning_rate for c in cfgs])
+                              lr=[c.learning_rate for c in cfgs], fused=fused)
 
     def forward_backward(self, batches) -> torch.Tensor:
         b = stack_member_batches(batches, self.pad)
@@ -222,9 +223,11 @@ def test_idle_slot_costs_nothing_and_learns_nothing(data):
 # ----------------------------------------------------------------------------- training
 
 
-def test_fused_members_train_like_solo_runs_on_the_same_batches(data):
+@pytest.mark.parametrize("kernel", [True, False], ids=["torch-kernel", "vectorised"])
+def test_fused_members_train_like_solo_runs_on_the_same_batches(data, kernel):
     solos = [Solo(data.model(k), c) for k, c in enumerate(CFGS)]
-    fused = Fused([data.model(k) for k in range(3)], CFGS, data.pad)
+    fused = Fused([data.model(k) for k in range(3)], CFGS, data.pad, fused=kernel)
+    assert fused.opt.fused is kernel
     schedule = [lrs(c) for c in CFGS]
     f_losses, s_losses = [], [[] for _ in CFGS]
     for step in range(STEPS):
@@ -305,14 +308,37 @@ def test_member_state_goes_to_a_solo_run_and_comes_back(data):
         "param_groups"]
 
 
-def test_diverged_member_is_stopped_and_its_slot_refilled_without_touching_the_others(data):
+def test_frozen_body_trains_only_the_heads_like_solo_runs(data):
+    """``full_finetuning: false``: only the classifier learns, in both, with the same state."""
+    frozen = Data(data.cfg.model_copy(update={"full_finetuning": False}), data.prep,
+                  data.batches, data.pad)
+    cfgs = CFGS[:2]
+    solos = [Solo(frozen.model(k), c) for k, c in enumerate(cfgs)]
+    fused = Fused([frozen.model(k) for k in range(2)], cfgs, data.pad)
+    assert [n for n, p in fused.model.member_parameters() if p.requires_grad] == [
+        "classifier.weight", "classifier.bias"]
+    schedule = [lrs(c, 5) for c in cfgs]
+    for step in range(5):
+        batch = data.batches[step]
+        losses = fused.step([batch] * 2, [s[step] for s in schedule]).tolist()
+        for k, solo in enumerate(solos):
+            assert losses[k] == pytest.approx(solo.step(batch, schedule[k][step]), rel=RTOL)
+    for k, solo in enumerate(solos):
+        assert_weights_match(fused.model.member_state_dict(k), solo.model)
+        assert fused.opt.member_state_dict(k)["param_groups"] == solo.opt.state_dict()[
+            "param_groups"]
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["torch-kernel", "vectorised"])
+def test_diverged_member_is_stopped_and_its_slot_refilled_without_touching_the_others(data,
+                                                                                    kernel):
     """Member 1 diverges (absurd lr), is switched off, then takes a new trial from step 0."""
     cfgs = [CFGS[0], hp(1e30, 0.01, None), CFGS[2]]
     schedule = [lrs(c) for c in cfgs]
     fresh = hp(2e-3, 0.05, 1.0, beta2=0.99)  # the trial that refills slot 1
     fresh_schedule: list[float] = []
     solos = {0: Solo(data.model(0), cfgs[0]), 2: Solo(data.model(2), cfgs[2])}
-    fused = Fused([data.model(k) for k in range(3)], cfgs, data.pad)
+    fused = Fused([data.model(k) for k in range(3)], cfgs, data.pad, fused=kernel)
 
     diverged_at = refill_at = None
     refill_solo = refill_losses = None

@@ -11,8 +11,14 @@ the HF forward on ``K * B`` rows, member ``k`` owning rows ``k*B .. (k+1)*B - 1`
 layer is one batched matrix product over the trial axis, a layer norm normalises each row and
 applies its member's scale, an embedding looks each member's ids up in its own table, and
 attention, whose mask is per row, runs as the model has it, so members never mix.
-(A ``torch.func.vmap`` over the stacked weights computed the same numbers but ran at
-0.76-1.09x the speed of K solo steps on a CPU; this ran at 1.00-1.09x.)
+(A ``torch.func.vmap`` of the functional model over stacked weights computed the same numbers
+but was slower than K solo steps for K <= 4 on a CPU.) ``bench/fused_step.py`` measures a
+fused step against K solo steps.
+
+Members must be fed batches of one shape: ``stack_member_batches`` pads the others, and the
+padding is computed like any token. Members that read the same batches (trials started
+together, same data seed) or batches of one bucket (the fast path's fixed shapes) pay nothing
+for it.
 
 Everything a member owns can leave and enter in the solo formats: ``member_state_dict`` is
 what a solo ``model.state_dict()`` holds, and ``FusedAdamW.member_state_dict`` is what the
@@ -72,7 +78,11 @@ def _rows_of(x: torch.Tensor, k: int) -> None:
 
 
 class FusedLinear(nn.Module):
-    """K ``nn.Linear`` of one shape; ``weight[k]`` is member k's ``[out, in]`` weight."""
+    """K ``nn.Linear`` as one batched product over the trial axis.
+
+    The weight is kept ``[K, out, in]`` so that member k's slice is its solo weight as it is:
+    state dicts and optimizer moments go in and out without a transpose.
+    """
 
     def __init__(self, members: list[nn.Linear], name: str = "linear"):
         super().__init__()
@@ -98,7 +108,8 @@ class FusedLinear(nn.Module):
 
 
 class FusedLayerNorm(nn.Module):
-    """K ``nn.LayerNorm``: each row is normalised, then scaled and shifted by its member's."""
+    """K ``nn.LayerNorm``: normalising has no weights, so all rows share one ``layer_norm``;
+    only the scale and shift are the member's own."""
 
     def __init__(self, members: list[nn.LayerNorm], name: str = "layernorm"):
         super().__init__()
@@ -484,7 +495,7 @@ class FusedAdamW:
     the member's slices of the stacked tensors: one pass over memory, the solo optimizer's own
     arithmetic, 2K calls a step. ``fused=False`` updates every stacked tensor for all members
     at once, the per-member numbers broadcast over the trial axis: ten element-wise passes per
-    tensor, which on a CPU made the optimizer 2-4x slower than the kernel calls.
+    tensor, which on a CPU made the optimizer 2-6x slower than the kernel calls (K = 1-8).
     """
 
     def __init__(self, model: FusedModel, *, weight_decay: Any, betas: Any, eps: Any,
