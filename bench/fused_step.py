@@ -63,8 +63,11 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile a fused step of K")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="fused-bench-") as tmp:
+        run(args, Path(tmp))
 
-    tmp = Path(tempfile.mkdtemp(prefix="fused-bench-"))
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
     data_dir = Path(generate_demo_data(tmp / "data"))
     scratch = ScratchModel(**SIZES[args.size], hidden_dropout_prob=args.dropout,
                            attention_probs_dropout_prob=args.dropout)
