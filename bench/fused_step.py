@@ -40,8 +40,8 @@ from hpsearch.trainer.fusion import (  # noqa: E402
     stack_member_batches,
 )
 from hpsearch.trainer.kernels import use_cpu_kernels  # noqa: E402
-from hpsearch.trainer.loop import param_groups  # noqa: E402
 from hpsearch.trainer.modeling import build_model  # noqa: E402
+from hpsearch.trainer.optim import param_groups  # noqa: E402
 
 SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

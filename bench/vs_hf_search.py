@@ -184,8 +184,8 @@ def hf_side(study_path: Path, out: Path, compile_: bool = False) -> None:
     from transformers.utils import logging as hf_logging
 
     from hpsearch.config import load_study
+    from hpsearch.opening import data_dir
     from hpsearch.pruners import make_pruner
-    from hpsearch.study import data_dir
     from hpsearch.trainer.data import read_data
     from hpsearch.trainer.features import IGNORE, encode
     from hpsearch.trainer.modeling import (
@@ -401,9 +401,10 @@ def score(study_path: Path, hf_dir: Path) -> dict:
     from optuna.trial import TrialState
     from transformers.utils import logging as hf_logging
 
+    from hpsearch.attrs import counts_toward_total
     from hpsearch.config import load_study
     from hpsearch.evaluate import evaluate_folder
-    from hpsearch.study import counts_toward_total, open_study
+    from hpsearch.opening import open_study
 
     hf_logging.disable_progress_bar()
     cfg = load_study(study_path)
@@ -432,7 +433,7 @@ def score(study_path: Path, hf_dir: Path) -> dict:
 
 
 def evaluate_sentences(cfg) -> int:
-    from hpsearch.study import data_dir
+    from hpsearch.opening import data_dir
     from hpsearch.trainer.data import read_data
 
     return len(read_data(data_dir(cfg), cfg.trainer.data_format, splits=("test",)).splits["test"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from hpsearch.config import load_study
+from hpsearch.config import load_study, with_fuse
 from hpsearch.errors import ConfigError, DiskFull, StudyInterrupted, UserError, root_cause
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -85,6 +85,8 @@ def _run_options(fn):
                      help="Pin workers to these GPUs (CUDA_VISIBLE_DEVICES), round robin."),
         click.option("--trials-per-gpu", type=click.IntRange(min=1), default=1,
                      show_default=True, help="Workers per GPU listed in --gpus (small models)."),
+        click.option("--fuse", type=click.IntRange(min=1, max=64), default=None, metavar="K",
+                     help="Train K trials at a time as one batched model (trainer.fuse)."),
     ]):
         fn = opt(fn)
     return fn
@@ -94,9 +96,9 @@ def _run_options(fn):
 @_run_options
 @_errors
 def run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-        trials_per_gpu: int) -> None:
+        trials_per_gpu: int, fuse: int | None) -> None:
     """Run (or continue) the study until it has n_trials trials in total."""
-    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, join=False)
+    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, fuse, join=False)
 
 
 main.add_command(run, name="resume")
@@ -106,18 +108,20 @@ main.add_command(run, name="resume")
 @_run_options
 @_errors
 def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-           trials_per_gpu: int) -> None:
+           trials_per_gpu: int, fuse: int | None) -> None:
     """Join a study that exists (from this or another machine) and run its trials."""
     _run(study_file, allow_changes, workers or (None if gpus else 1), gpus, trials_per_gpu,
-         join=True)
+         fuse, join=True)
 
 
 def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-         trials_per_gpu: int, join: bool) -> None:
+         trials_per_gpu: int, fuse: int | None, join: bool) -> None:
     from hpsearch import study as driver
     from hpsearch.storage import redact
 
     cfg = load_study(study_file)
+    if fuse is not None:
+        cfg = with_fuse(cfg, fuse, study_file)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
@@ -137,6 +141,8 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
     where = ""
     if slots:
         where = f", {len(slots)} worker(s)" + (f" on GPUs {','.join(gpu_list)}" if gpu_list else "")
+    if cfg.trainer.fuse > 1:
+        where += f", fused {cfg.trainer.fuse} at a time"
     click.echo(f"study {cfg.name}: {cfg.n_trials} trials, backend {cfg.backend.name}, "
                f"pruner {cfg.pruner.name}, storage {redact(cfg.storage_url)}{where}")
 

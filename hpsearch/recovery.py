@@ -135,28 +135,42 @@ def others_running(study: optuna.Study) -> bool:
 
 
 class Heartbeat:
-    """Writes 'still alive' for a running trial, so other processes can tell it from a dead one."""
+    """Writes 'still alive' for running trials, so other processes can tell them from dead ones.
 
-    def __init__(self, study: optuna.Study, tid: int):
-        self.study, self.trial_id = study, tid
+    One thread for all the trials a process runs (a fused array runs several, and its slots
+    change trials as they go): ``add`` and ``discard`` say which.
+    """
+
+    def __init__(self, study: optuna.Study, tid: int | None = None):
+        self.study = study
+        self.ids: set[int] = set() if tid is None else {tid}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _beat(self) -> None:
+    def add(self, tid: int) -> None:
+        self.ids.add(tid)
+        self._beat_one(tid)
+
+    def discard(self, tid: int) -> None:
+        self.ids.discard(tid)
+
+    def _beat_one(self, tid: int) -> None:
         storage = storage_of(self.study)
         try:
-            storage.set_trial_system_attr(self.trial_id, A_BEAT, time.time())
+            storage.set_trial_system_attr(tid, A_BEAT, time.time())
             if isinstance(storage, optuna.storages.RDBStorage):
-                storage.record_heartbeat(self.trial_id)
+                storage.record_heartbeat(tid)
         except Exception:  # a missed beat is harmless; the next one may go through
             pass
 
     def _run(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL):
-            self._beat()
+            for tid in list(self.ids):
+                self._beat_one(tid)
 
     def __enter__(self) -> Heartbeat:
-        self._beat()
+        for tid in list(self.ids):
+            self._beat_one(tid)
         self._thread.start()
         return self
 

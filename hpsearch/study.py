@@ -116,6 +116,14 @@ def run(
     ran: list[TrialOutcome] = []
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     with StopRequest() as stop:
+        if cfg.trainer.fuse > 1 and work_left(study, cfg.n_trials):
+            from hpsearch.fused import run_fused
+
+            prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
+            feed = run_fused(study, cfg, prep, stop, on_trial=on_trial, deadline=deadline)
+            ran, recovered = feed.outcomes, recovered + feed.recovered
+            if feed.disk_full is not None:
+                raise DiskFull(disk_full_message(feed.disk_full, cfg))
         while work_left(study, cfg.n_trials) and not stop():
             if deadline is not None and time.time() >= deadline:
                 break

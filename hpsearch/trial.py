@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -76,29 +77,38 @@ def trial_sampler(cfg: StudyConfig, number: int) -> optuna.samplers.BaseSampler:
     return make_sampler(cfg.model_copy(update={"seed": seed}))
 
 
+def claim_trials(
+    study: optuna.Study, cfg: StudyConfig, k: int, worker: str | None = None
+) -> tuple[list[optuna.Trial], list[int]]:
+    """Up to ``k`` trials this process should run next (none when the study needs no more).
+
+    Recovery, the count and the asks happen under the study lock: without it two workers could
+    both see one trial left and both ask. The parameters are suggested under the lock too,
+    so each next sampler (TPE's or bayes' constant liar) sees the ones before as pending.
+    Returns the trials and the numbers of dead trials recovered on the way.
+    """
+    trials: list[optuna.Trial] = []
+    with study_lock(cfg.storage_url, cfg.name):
+        recovered = recover_interrupted(study)
+        while len(trials) < k and work_left(study, cfg.n_trials):
+            study.sampler = trial_sampler(cfg, len(study.get_trials(deepcopy=False)))
+            trial = study.ask()
+            storage = storage_of(study)
+            for key, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
+                           (A_WORKER_PID, os.getpid()),
+                           (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}")):
+                storage.set_trial_system_attr(trial_id(trial), key, v)
+            suggest(trial, cfg.search_space)
+            trials.append(trial)
+    return trials, recovered
+
+
 def claim_trial(
     study: optuna.Study, cfg: StudyConfig, worker: str | None = None
 ) -> tuple[optuna.Trial | None, list[int]]:
-    """The next trial this process should run, or None when the study needs no more.
-
-    Recovery, the count and the ask happen under the study lock: without it two workers could
-    both see one trial left and both ask. The parameters are suggested under the lock too,
-    so the next sampler (TPE's or bayes' constant liar) sees them as pending. Returns the
-    trial and the numbers of dead trials recovered on the way.
-    """
-    with study_lock(cfg.storage_url, cfg.name):
-        recovered = recover_interrupted(study)
-        if not work_left(study, cfg.n_trials):
-            return None, recovered
-        study.sampler = trial_sampler(cfg, len(study.get_trials(deepcopy=False)))
-        trial = study.ask()
-        storage = storage_of(study)
-        for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
-                     (A_WORKER_PID, os.getpid()),
-                     (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}")):
-            storage.set_trial_system_attr(trial_id(trial), k, v)
-        suggest(trial, cfg.search_space)
-    return trial, recovered
+    """The next trial this process should run, or None when the study needs no more."""
+    trials, recovered = claim_trials(study, cfg, 1, worker)
+    return (trials[0] if trials else None), recovered
 
 
 # ----------------------------------------------------------------------------- while it runs
@@ -247,6 +257,77 @@ def disk_full_message(outcome: TrialOutcome, cfg: StudyConfig) -> str:
 # ----------------------------------------------------------------------------- one trial
 
 
+@dataclass
+class Started:
+    """A claimed trial about to train: where, from which checkpoint, with what settings."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    out: Path
+    resume_from: Path | None
+    attrs: dict[str, Any]
+    overrides: dict[str, Any]
+    t0: float
+    tcfg: Any = None  # its TrainerConfig, once it validated
+
+    def trainer_config(self, cfg: StudyConfig):
+        self.tcfg = cfg.trainer_for({**self.params, **self.overrides})
+        return self.tcfg
+
+    def reporter(self, cfg: StudyConfig):
+        """The trial itself, or a translation to the study's steps for another batch size."""
+        scale = cfg.step_scale(self.tcfg)
+        if scale == 1:
+            return self.trial
+        return InStudySteps(self.trial, scale, self.tcfg.eval_every, cfg.trainer.eval_every)
+
+
+def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: StudyConfig) -> Started:
+    """Write down who trains the trial and in which folder, and what it resumes from."""
+    storage, tid = storage_of(study), trial_id(trial)
+    params = suggest(trial, cfg.search_space)
+    out = trial_dir(cfg.out, trial.number)
+    attrs = storage.get_trial(tid).system_attrs
+    resume_from = resume_folder(attrs)
+    for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
+        storage.set_trial_system_attr(tid, k, v)
+    if resume_from is not None and resume_from.parent != out:
+        storage.set_trial_system_attr(tid, A_FROM, str(resume_from.parent))
+    return Started(trial, params, out, resume_from, attrs, attrs.get(A_OVERRIDES, {}),
+                   time.time())
+
+
+def record_end(study: optuna.Study, s: Started, cfg: StudyConfig, result=None,
+               error: BaseException | None = None) -> TrialOutcome:
+    """Record how a trial ended: completed (``result``), pruned, or failed (``error``)."""
+    from hpsearch.trainer import TrialPrunedAt, TrialStopped
+
+    trial = s.trial
+
+    def done(state: TrialState, value: float | None, reason: str | None = None,
+             resumed: int | None = None) -> TrialOutcome:
+        return TrialOutcome(trial.number, state, value, s.params, time.time() - s.t0, reason,
+                            resumed)
+
+    if isinstance(error, TrialPrunedAt):
+        trial.set_user_attr("pruned_step", error.step)
+        study.tell(trial, state=TrialState.PRUNED)  # its value: the last F1 reported
+        drop_checkpoints(s.out)  # never resumed, whatever keep
+        return done(TrialState.PRUNED, error.value)
+    if error is not None:
+        if isinstance(error, TrialStopped):
+            reason, text, tb = error.reason, str(error), None
+        else:
+            reason, text = _failure_reason(error), f"{type(error).__name__}: {error}"[:2000]
+            tb = "".join(traceback.format_exception(error))
+        retry, shown = _retry_of(cfg, reason, s.tcfg if reason == OOM else None, s.attrs,
+                                 s.overrides)
+        record_failure(study, trial, reason, text, tb=tb, retry=retry)
+        return done(TrialState.FAIL, None, shown)
+    _record_success(study, trial, result)
+    return done(TrialState.COMPLETE, result.value, resumed=result.resumed_from_step)
+
+
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -255,56 +336,25 @@ def run_trial(
     stop: Callable[[], bool] = lambda: False,
 ) -> TrialOutcome:
     """Train a claimed trial and record how it ended; a stop raises ``StudyInterrupted``."""
-    from hpsearch.trainer import Interrupted, TrialPrunedAt, TrialStopped, train
+    from hpsearch.trainer import Interrupted, train
 
-    t0 = time.time()
     use_compile_cache(cfg)
-    storage, tid = storage_of(study), trial_id(trial)
-    params = suggest(trial, cfg.search_space)
-    out = trial_dir(cfg.out, trial.number)
-    attrs = storage.get_trial(tid).system_attrs
-    overrides = attrs.get(A_OVERRIDES, {})
-    resume_from = resume_folder(attrs)
-    for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
-        storage.set_trial_system_attr(tid, k, v)
-    if resume_from is not None and resume_from.parent != out:
-        storage.set_trial_system_attr(tid, A_FROM, str(resume_from.parent))
-
-    def done(state: TrialState, value: float | None, reason: str | None = None,
-             resumed: int | None = None) -> TrialOutcome:
-        return TrialOutcome(trial.number, state, value, params, time.time() - t0, reason, resumed)
-
-    with Heartbeat(study, tid):
+    s = start_trial(study, trial, cfg)
+    with Heartbeat(study, trial_id(trial)):
         try:
-            tcfg = cfg.trainer_for({**params, **overrides})
-            scale = cfg.step_scale(tcfg)
-            reporter = trial if scale == 1 else InStudySteps(trial, scale, tcfg.eval_every,
-                                                             cfg.trainer.eval_every)
+            tcfg = s.trainer_config(cfg)
             result = train(
-                tcfg, prep, out, reporter=reporter, resume_from=resume_from,
+                tcfg, prep, s.out, reporter=s.reporter(cfg), resume_from=s.resume_from,
                 should_stop=stop, metric=cfg.metric, maximize=cfg.direction == "maximize",
             )
-        except TrialPrunedAt as e:
-            trial.set_user_attr("pruned_step", e.step)
-            study.tell(trial, state=TrialState.PRUNED)  # its value: the last F1 reported
-            drop_checkpoints(out)  # never resumed, whatever keep
-            return done(TrialState.PRUNED, e.value)
         except Interrupted as e:
-            interrupt(study, tid)
+            interrupt(study, trial_id(trial))
             raise StudyInterrupted(f"trial {trial.number} checkpointed; run again to resume") from e
         except Exception as e:
-            if isinstance(e, TrialStopped):
-                reason, error, tb = e.reason, str(e), None
-            else:
-                reason, error = _failure_reason(e), f"{type(e).__name__}: {e}"[:2000]
-                tb = traceback.format_exc()
+            outcome = record_end(study, s, cfg, error=e)
             del e  # its traceback holds the model and the batch: free them before a retry
-            retry, shown = _retry_of(cfg, reason, tcfg if reason == OOM else None, attrs,
-                                     overrides)
-            record_failure(study, trial, reason, error, tb=tb, retry=retry)
-            return done(TrialState.FAIL, None, shown)
-        _record_success(study, trial, result)
-    return done(TrialState.COMPLETE, result.value, resumed=result.resumed_from_step)
+            return outcome
+        return record_end(study, s, cfg, result)
 
 
 def _retry_of(cfg: StudyConfig, reason: str, tcfg, attrs: dict, overrides: dict

@@ -21,8 +21,8 @@ from hpsearch.trainer.fusion import (
     stack_member_batches,
 )
 from hpsearch.trainer.kernels import use_cpu_kernels
-from hpsearch.trainer.loop import lr_at, param_groups
 from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.optim import lr_at, param_groups
 
 TINY = ScratchModel(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                     intermediate_size=64, vocab_size=800, hidden_dropout_prob=0.0,

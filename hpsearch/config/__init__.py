@@ -13,6 +13,7 @@ from hpsearch.config.loading import (
     load_study,
     parse_study,
     study_fingerprint,
+    with_fuse,
 )
 from hpsearch.config.pruners import (
     HyperbandPruner,
@@ -59,4 +60,5 @@ __all__ = [
     "load_study",
     "parse_study",
     "study_fingerprint",
+    "with_fuse",
 ]

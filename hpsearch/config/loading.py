@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from hpsearch.config.study import StudyConfig
+from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.errors import ConfigError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -131,5 +132,15 @@ def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     return cfg.model_dump(
         mode="json",
         include={"direction", "metric", "search_space", "trainer", "backend"},
-        exclude={"trainer": {"progress", "num_threads", "device", "fast_path", "buckets"}},
+        exclude={"trainer": set(RUN_ONLY)},
     )
+
+
+def with_fuse(cfg: StudyConfig, fuse: int, source: str) -> StudyConfig:
+    """The study with ``trainer.fuse`` set from the command line, checked like the file."""
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    data.setdefault("trainer", {})["fuse"] = fuse
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: --fuse {fuse}: {format_validation_error(e)}") from None

@@ -11,7 +11,7 @@ from hpsearch.config.backends import Backend, OptunaBackend
 from hpsearch.config.base import Strict
 from hpsearch.config.pruners import NoPruner, Pruner
 from hpsearch.config.space import CategoricalParam, FloatParam, IntParam, Param
-from hpsearch.config.trainer import TUNABLE, TrainerConfig
+from hpsearch.config.trainer import TUNABLE, UNFUSABLE, TrainerConfig
 
 
 class StudyConfig(Strict):
@@ -60,7 +60,23 @@ class StudyConfig(Strict):
                 )
             except ValidationError as e:
                 raise ValueError(f"search_space.{name}: {e.errors()[0]['msg']}") from None
+        self.check_fusable()
         return self
+
+    def check_fusable(self) -> None:
+        """Members of a fused array share batch shapes, trained weights and one loss scale."""
+        fuse = self.trainer.fuse
+        if fuse == 1:
+            return
+        for name in self.search_space:
+            if name in UNFUSABLE:
+                raise ValueError(
+                    f"search_space.{name}: it changes the batches or the weights that train, "
+                    f"so trials cannot be fused (trainer.fuse: {fuse}); use fuse: 1 to search it"
+                )
+        if self.trainer.precision == "fp16":
+            raise ValueError(f"trainer.precision: fp16 cannot be fused (trainer.fuse: {fuse}); "
+                             "use bf16 or fp32")
 
     # Derived locations: one place decides where a study keeps its things.
     @property

@@ -93,6 +93,19 @@ class TrainerConfig(Strict):
     num_threads: int | None = Field(default=None, ge=1)
     seed: int | None = None
     progress: bool = True
+    fuse: int = Field(
+        default=1, ge=1, le=64,
+        description="trials trained as one batched model (horizontal fusion); 1 = one by one",
+    )
+
+
+#: Trainer fields that describe how a run is carried out, not what it computes: a checkpoint
+#: written under other values resumes all the same, and changing them is not a new study.
+RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse"})
+
+#: Searched fields that change a batch's shape or which weights train: fused members share
+#: every batch's shape and the set of trained weights, so these cannot differ between them.
+UNFUSABLE = frozenset({"max_tokens", "batch_size", "full_finetuning"})
 
 
 #: Trainer fields a search space may tune; the rest describe the run, not its hyperparameters.

@@ -101,21 +101,28 @@ def save(
     state: dict[str, Any],
 ) -> Path:
     """Write ``root/step-NNNNNNNN`` atomically and keep only the newest ``KEEP_LAST``."""
+    return write(root, weights=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scaler=scaler.state_dict() if scaler is not None else {}, state=state)
+
+
+def write(
+    root: Path,
+    *,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scaler: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """:func:`save` from state dicts: a fused trial's member has no model or optimizer of its
+    own, only its share of the array's, in the solo formats."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{STEP_PREFIX}{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / "model.safetensors")
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                  tmp / "model.safetensors")
         js, rng = rng_state()
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": rng,
-            },
-            tmp / "training.pt",
-        )
+        torch.save({"optimizer": optimizer, "scaler": scaler, "rng": rng}, tmp / "training.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "rng": js}))
         manifest = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -178,6 +185,13 @@ def latest(root: Path) -> Checkpoint | None:
     return None
 
 
+def read(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint's weights, and its optimizer, scaler and RNG states."""
+    weights = load_file(ckpt.path / "model.safetensors")
+    blob = torch.load(ckpt.path / "training.pt", weights_only=True, map_location="cpu")
+    return weights, blob
+
+
 def restore(
     ckpt: Checkpoint,
     *,
@@ -185,8 +199,8 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
 ) -> None:
-    model.load_state_dict(load_file(ckpt.path / "model.safetensors"))
-    blob = torch.load(ckpt.path / "training.pt", weights_only=True, map_location="cpu")
+    weights, blob = read(ckpt)
+    model.load_state_dict(weights)
     optimizer.load_state_dict(blob["optimizer"])
     if scaler is not None and blob["scaler"]:
         scaler.load_state_dict(blob["scaler"])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hpsearch.config import TrainerConfig
+from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer import trial_dir
 from hpsearch.trainer.batching import bucket_of, collate, make_batches, rows_for
@@ -104,10 +105,6 @@ class TrainState:
                 setattr(self, f.name, saved[f.name])
 
 
-# Settings that do not change what is computed: a checkpoint may be resumed under others.
-_RUN_ONLY = {"progress", "num_threads", "device", "fast_path", "buckets"}
-
-
 def train(
     cfg: TrainerConfig,
     prep: Prepared,
@@ -182,6 +179,70 @@ def train(
         handler.close()
 
 
+def find_checkpoint(resume_from: Path | None, root: Path, st: TrainState
+                    ) -> ckpt.Checkpoint | None:
+    """The newest good checkpoint, a predecessor's first, refused if it computes otherwise."""
+    found = ckpt.latest(resume_from) if resume_from else None
+    found = found or ckpt.latest(root)
+    if found is None:
+        return None
+    if found.state.get("config") != st.config:
+        raise TrialStopped(
+            "checkpoint_mismatch",
+            f"{found.path} was written by a run with other settings; refusing to mix them",
+        )
+    if found.state.get("widths") != st.widths:  # a budget's batches follow the buckets
+        raise TrialStopped(
+            "checkpoint_mismatch",
+            f"{found.path} was written with batches cut for buckets {found.state['widths']}"
+            f" but this run uses {st.widths} (fast_path on another device?)",
+        )
+    return found
+
+
+def take_over(st: TrainState, found: ckpt.Checkpoint, metrics: trial_dir.MetricsLog,
+              log: logging.Logger, reporter: Reporter | None) -> None:
+    """Continue from ``found``: its position and history, and the pruner sees the curve."""
+    st.load(found.state)
+    metrics.truncate_after(st.step)
+    log.info("resumed from %s at step %d", found.path, st.step)
+    if reporter is not None:
+        for step, value in st.history:  # the pruner judges the whole curve
+            reporter.report(value, int(step))
+
+
+def judge(st: TrainState, scores: dict[str, Any], cfg: TrainerConfig, metric: str,
+          maximize: bool, metrics: trial_dir.MetricsLog, log: logging.Logger,
+          reporter: Reporter | None, save_best: Callable[[], None]) -> bool:
+    """Take an evaluation into the state: history, best (``save_best`` keeps its weights),
+    metrics and log lines; report it, and say whether early stopping ends the trial.
+
+    Raises ``TrialPrunedAt`` when the reporter's pruner says so.
+    """
+    value = float(scores[metric])
+    st.history.append([st.step, value])
+    delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
+    if st.best is None or (value > st.best + delta if maximize else value < st.best - delta):
+        st.best, st.best_step, st.best_scores, st.bad_evals = value, st.step, scores, 0
+        save_best()
+    else:
+        st.bad_evals += 1
+    metrics.write(step=st.step, epoch=st.epoch, eval=True,
+                  **{f"val_{k}": v for k, v in scores.items() if k != "per_type"})
+    log.info("step %d val %s %.4f (best %.4f at %d) loss %.4f", st.step, metric, value,
+             st.best, st.best_step, scores["loss"])
+    if reporter is not None:
+        reporter.report(value, st.step)
+        if reporter.should_prune():
+            log.info("pruned at step %d", st.step)
+            raise TrialPrunedAt(value, st.step)
+    es = cfg.early_stopping
+    if es and st.bad_evals >= es.patience and st.epoch >= es.min_epochs:
+        log.info("early stop at step %d: %d evals without gain", st.step, es.patience)
+        return True
+    return False
+
+
 class _Training:
     """One trial's model, optimizer, batches and state, set up once; methods are the stages."""
 
@@ -228,7 +289,7 @@ class _Training:
         self.sync_every = plan.sync_every or self.log_every
 
         self.st = TrainState(
-            config=cfg.model_dump(mode="json", exclude=_RUN_ONLY),
+            config=cfg.model_dump(mode="json", exclude=set(RUN_ONLY)),
             widths=list(plan.widths) if plan.widths and cfg.batch_size is None else None,
         )
         self.ckpt_root = trial_dir.checkpoints(out_dir)
@@ -254,34 +315,16 @@ class _Training:
 
     def resume(self, resume_from: Path | None, reporter: Reporter | None) -> int | None:
         """Load the newest good checkpoint (a predecessor's, else our own); its step or None."""
-        st = self.st
-        found = ckpt.latest(resume_from) if resume_from else None
-        found = found or ckpt.latest(self.ckpt_root)
+        found = find_checkpoint(resume_from, self.ckpt_root, self.st)
         if found is None:
             return None
-        if found.state.get("config") != st.config:
-            raise TrialStopped(
-                "checkpoint_mismatch",
-                f"{found.path} was written by a run with other settings; refusing to mix them",
-            )
-        if found.state.get("widths") != st.widths:  # a budget's batches follow the buckets
-            raise TrialStopped(
-                "checkpoint_mismatch",
-                f"{found.path} was written with batches cut for buckets {found.state['widths']}"
-                f" but this run uses {st.widths} (fast_path on another device?)",
-            )
         ckpt.restore(found, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
-        st.load(found.state)
-        self.checked = st.step
-        self.metrics.truncate_after(st.step)
-        self.log.info("resumed from %s at step %d", found.path, st.step)
-        if reporter is not None:
-            for step, value in st.history:  # the pruner judges the whole curve
-                reporter.report(value, int(step))
+        take_over(self.st, found, self.metrics, self.log, reporter)
+        self.checked = self.st.step
         if found.path.parent != self.ckpt_root:  # adopt the old trial's checkpoint as our own
             self.checkpoint()
             trial_dir.adopt_best(found.path.parent.parent, self.out_dir)
-        return st.step
+        return self.st.step
 
     def step(self) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
         """One optimizer step on the next batch; moves the position on."""
@@ -334,42 +377,14 @@ class _Training:
                            tokens_per_s=tps, epoch=self.st.epoch)
 
     def evaluate(self, reporter: Reporter | None) -> bool:
-        """Score on validation, keep the best weights, report; True to stop early.
-
-        Raises ``TrialPrunedAt`` when the reporter's pruner says so.
-        """
-        st, cfg, prep = self.st, self.cfg, self.prep
+        """Score on validation, keep the best weights, report; True to stop early."""
+        cfg, prep = self.cfg, self.prep
         scores = evaluate(self.model, prep.val, prep.val_gold, prep.labels, device=self.device,
                           amp=self.amp, pad_id=self.pad_id, max_tokens=cfg.eval_batch_tokens,
                           multiple=self.plan.multiple)
-        value = float(scores[self.metric])
-        st.history.append([st.step, value])
-        if self._better(value):
-            st.best, st.best_step, st.best_scores, st.bad_evals = value, st.step, scores, 0
-            trial_dir.save_best(self.model.state_dict(), self.out_dir)
-        else:
-            st.bad_evals += 1
-        self.metrics.write(step=st.step, epoch=st.epoch, eval=True,
-                           **{f"val_{k}": v for k, v in scores.items() if k != "per_type"})
-        self.log.info("step %d val %s %.4f (best %.4f at %d) loss %.4f", st.step, self.metric,
-                      value, st.best, st.best_step, scores["loss"])
-        if reporter is not None:
-            reporter.report(value, st.step)
-            if reporter.should_prune():
-                self.log.info("pruned at step %d", st.step)
-                raise TrialPrunedAt(value, st.step)
-        es = cfg.early_stopping
-        if es and st.bad_evals >= es.patience and st.epoch >= es.min_epochs:
-            self.log.info("early stop at step %d: %d evals without gain", st.step, es.patience)
-            return True
-        return False
-
-    def _better(self, v: float) -> bool:
-        best = self.st.best
-        if best is None:
-            return True
-        delta = self.cfg.early_stopping.min_delta if self.cfg.early_stopping else 0.0
-        return v > best + delta if self.maximize else v < best - delta
+        return judge(self.st, scores, cfg, self.metric, self.maximize, self.metrics, self.log,
+                     reporter, lambda: trial_dir.save_best(self.model.state_dict(),
+                                                           self.out_dir))
 
     def checkpoint(self) -> None:
         try:

@@ -1,0 +1,137 @@
+"""A study's trials trained ``trainer.fuse`` at a time as one fused array, in one process.
+
+The array (trainer/fused_loop.py) asks this module for a trial whenever a slot is free, and
+hands back each trial's end; every trial is claimed, started and recorded through trial.py,
+exactly as a solo trial is, so counting, continuations, pruning and the report do not know
+the difference. Claims are made for all free slots at once under the study lock, so the
+samplers' constant liar sees every trial of the array as pending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+
+from hpsearch.attrs import DISK_FULL
+from hpsearch.config import StudyConfig
+from hpsearch.errors import StudyInterrupted
+from hpsearch.export import tidy
+from hpsearch.optuna_compat import trial_id
+from hpsearch.recovery import Heartbeat, interrupt
+from hpsearch.trial import (
+    Started,
+    TrialOutcome,
+    claim_trials,
+    record_end,
+    start_trial,
+    use_compile_cache,
+)
+
+
+class _StudyFeed:
+    """Trials for the array's slots, claimed from the study, and their ends recorded there."""
+
+    def __init__(self, study: optuna.Study, cfg: StudyConfig, beat: Heartbeat,
+                 stop: Callable[[], bool], deadline: float | None, worker: str | None,
+                 on_trial: Callable[[TrialOutcome, optuna.Study], None] | None):
+        self.study, self.cfg, self.beat, self.stop = study, cfg, beat, stop
+        self.deadline, self.worker, self.on_trial = deadline, worker, on_trial
+        self.active: dict[int, Started] = {}
+        self.claimed: list[optuna.Trial] = []
+        self.outcomes: list[TrialOutcome] = []
+        self.recovered: list[int] = []
+        self.disk_full: TrialOutcome | None = None
+
+    def _closed(self) -> bool:
+        return (self.stop() or self.disk_full is not None
+                or (self.deadline is not None and time.time() >= self.deadline))
+
+    def next_job(self):
+        from hpsearch.trainer.fused_loop import Job
+
+        while not self._closed():
+            if not self.claimed:
+                free = self.cfg.trainer.fuse - len(self.active)
+                self.claimed, more = claim_trials(self.study, self.cfg, max(1, free),
+                                                  self.worker)
+                self.recovered += more
+                if not self.claimed:
+                    return None
+            s = start_trial(self.study, self.claimed.pop(0), self.cfg)
+            try:
+                tcfg = s.trainer_config(self.cfg)
+            except Exception as e:  # its parameters do not make a trainer: it fails alone
+                self._record(record_end(self.study, s, self.cfg, error=e))
+                continue
+            self.active[trial_id(s.trial)] = s
+            self.beat.add(trial_id(s.trial))
+            return Job(tcfg, s.out, s.reporter(self.cfg), s.resume_from, tag=s)
+        return None
+
+    def done(self, job, result, error: Exception | None) -> None:
+        s: Started = job.tag
+        tid = trial_id(s.trial)
+        self.active.pop(tid, None)
+        self.beat.discard(tid)
+        self._record(record_end(self.study, s, self.cfg, result, error))
+
+    def _record(self, outcome: TrialOutcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.reason == DISK_FULL:  # every next trial would fail the same way
+            self.disk_full = outcome
+        else:
+            tidy(self.study, self.cfg)
+        if self.on_trial is not None:
+            self.on_trial(outcome, self.study)
+
+    def release_unstarted(self) -> None:
+        """Trials claimed but never given a slot go back to the queue, to run later."""
+        for trial in self.claimed:
+            interrupt(self.study, trial_id(trial))
+        self.claimed = []
+
+
+def run_fused(
+    study: optuna.Study,
+    cfg: StudyConfig,
+    prep,
+    stop: Callable[[], bool],
+    *,
+    on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    deadline: float | None = None,
+    worker: str | None = None,
+) -> _StudyFeed:
+    """Train the study's trials as fused arrays until it needs no more (or a stop, the
+    deadline, a full disk); returns what ran. A stop raises ``StudyInterrupted`` once every
+    member has checkpointed and been queued to resume."""
+    from hpsearch.trainer import Interrupted
+    from hpsearch.trainer.fused_loop import train_fused
+
+    use_compile_cache(cfg)
+    with Heartbeat(study) as beat:
+        feed = _StudyFeed(study, cfg, beat, stop, deadline, worker, on_trial)
+        try:
+            train_fused(cfg.trainer, prep, cfg.trainer.fuse, feed, should_stop=stop,
+                        metric=cfg.metric, maximize=cfg.direction == "maximize")
+        except Interrupted as e:
+            for tid in list(feed.active):
+                interrupt(study, tid)
+            feed.release_unstarted()
+            raise StudyInterrupted(f"{len(feed.active)} fused trial(s) checkpointed; "
+                                   "run again to resume") from e
+        except Exception as e:  # the array itself failed (out of memory, say): all of it
+            for s in list(feed.active.values()):
+                feed.done(_JobOf(s), None, e)
+            feed.release_unstarted()
+            del e
+        feed.release_unstarted()
+    return feed
+
+
+class _JobOf:
+    """A started trial seen as the job it was given, to record its end like any other."""
+
+    def __init__(self, started: Started):
+        self.tag = started

@@ -1,0 +1,371 @@
+"""K trials trained as one fused array (fusion.py), each in a slot of its own.
+
+A slot holds one trial at a time. Each member reads its own batch at its own position, has its
+own learning-rate schedule, clipping, optimizer state and loss check, is evaluated, reported to
+the pruner, checkpointed and finished exactly as the solo loop (loop.py) would, into its own
+trial folder in the solo formats. When a member ends (finished, pruned, failed) its slot takes
+the next trial from the ``Feed`` at once, starting from the same initial weights a solo trial
+starts from, so the array stays full while trials remain; an empty slot is masked out.
+
+The array is built and its kernels warmed once; every refill reuses them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from hpsearch.config import TrainerConfig
+from hpsearch.config.trainer import RUN_ONLY
+from hpsearch.trainer import checkpoint as ckpt
+from hpsearch.trainer import trial_dir
+from hpsearch.trainer.batching import collate, make_batches
+from hpsearch.trainer.evaluation import EvalSettings, evaluate_members
+from hpsearch.trainer.fastpath import make_plan
+from hpsearch.trainer.fusion import (
+    FusedAdamW,
+    FusedModel,
+    clip_grad_norm_per_member,
+    member_losses,
+    stack_member_batches,
+)
+from hpsearch.trainer.inputs import Prepared
+from hpsearch.trainer.kernels import use_cpu_kernels
+from hpsearch.trainer.loop import (
+    Interrupted,
+    Reporter,
+    TrainState,
+    TrialPrunedAt,
+    TrialResult,
+    TrialStopped,
+    find_checkpoint,
+    judge,
+    take_over,
+)
+from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.optim import lr_at, warmup_steps
+from hpsearch.trainer.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    trial_logger,
+)
+
+
+@dataclass
+class Job:
+    """One trial for a slot: its settings, its folder, whom it reports to, where it resumes."""
+
+    cfg: TrainerConfig
+    out_dir: Path
+    reporter: Reporter | None = None
+    resume_from: Path | None = None
+    tag: Any = None  # the caller's handle on the trial
+
+
+class Feed(Protocol):
+    """Where slots get their trials and hand back how each ended."""
+
+    def next_job(self) -> Job | None: ...
+    def done(self, job: Job, result: TrialResult | None, error: Exception | None) -> None: ...
+
+
+@dataclass
+class _Member:
+    """What one slot's trial has that the others do not."""
+
+    job: Job
+    st: TrainState
+    total: int
+    warmup: int
+    log: logging.Logger
+    handler: logging.Handler
+    metrics: trial_dir.MetricsLog
+    resumed_from: int | None = None
+    data_seconds: float = 0.0
+    t_start: float = field(default_factory=time.perf_counter)
+    checked: int = 0
+
+
+def train_fused(
+    base: TrainerConfig,
+    prep: Prepared,
+    k: int,
+    feed: Feed,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    metric: str = "f1",
+    maximize: bool = True,
+    note: Callable[[str], None] = lambda msg: None,
+) -> None:
+    """Train the feed's trials ``k`` at a time until it has none left; raises ``Interrupted``
+    (every member checkpointed) on a stop request."""
+    t0 = time.perf_counter()
+    array = _Array(base, prep, k, metric, maximize)
+    while array.fill(feed):
+        # ---- the members' batches, one forward and backward for all, an update each
+        losses = array.step()
+        # ---- what this step owes each member: a loss check, a log line, an evaluation
+        owed: dict[int, tuple[bool, bool, bool]] = {}
+        for slot, m in array.members():
+            st, cfg = m.st, m.job.cfg
+            last = st.step == m.total
+            due_eval = (st.step % cfg.eval_every == 0 if cfg.eval_every else st.batch == 0) \
+                or last
+            due_ckpt = not last and (
+                due_eval or bool(cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0))
+            try:
+                if due_eval or due_ckpt or st.step % array.sync_every == 0:
+                    array.check_finite(slot)
+            except TrialStopped as e:
+                array.finish(slot, feed, e)
+                continue
+            if st.step % max(1, m.total // 100) == 0:
+                array.log_step(slot, losses)
+            owed[slot] = due_eval, due_ckpt, last
+        # ---- evaluate the members due (one pass for all); the pruner may end one here
+        scores = array.score([slot for slot, (due_eval, _, _) in owed.items() if due_eval])
+        for slot, (due_eval, due_ckpt, last) in owed.items():
+            m = array.slots[slot]
+            try:
+                if due_eval and (array.judge(slot, scores[slot]) or last):
+                    array.finish(slot, feed)
+                    continue
+                m.st.train_seconds = time.perf_counter() - m.t_start
+                if due_ckpt:
+                    array.checkpoint(slot)
+            except (TrialStopped, TrialPrunedAt) as e:
+                array.finish(slot, feed, e)
+        if array.first_step is None:
+            array.first_step = time.perf_counter() - t0
+            note(f"fused array of {k}: first step {array.first_step:.1f}s after start")
+        # ---- a requested stop checkpoints every member and leaves
+        if should_stop():
+            for slot, _ in array.members():
+                array.check_finite(slot)
+                array.checkpoint(slot)
+            raise Interrupted(f"stopped; {len(array.members())} fused trials checkpointed")
+
+
+class _Array:
+    """The fused model, its optimizer and the slots, set up once; methods are the stages."""
+
+    def __init__(self, base: TrainerConfig, prep: Prepared, k: int, metric: str,
+                 maximize: bool):
+        self.base, self.prep, self.k, self.metric, self.maximize = base, prep, k, metric, maximize
+        self.device = resolve_device(base.device)
+        self.amp = resolve_precision(base.precision, self.device)
+        if base.num_threads:
+            torch.set_num_threads(base.num_threads)
+        self.plan = make_plan(base, self.device)
+        t0 = time.perf_counter()
+        # ---- the weights every trial starts from: a solo trial's, seeded the same way
+        seed_everything(base.seed or 0)
+        template = build_model(base, prep.tokenizer, prep.labels)
+        if self.plan.cpu_kernels:
+            use_cpu_kernels(template)
+        self.initial = {n: t.detach().clone() for n, t in template.state_dict().items()}
+        self.model = FusedModel([template] * k).to(self.device)
+        self.model.train()
+        self.optimizer = FusedAdamW(self.model, weight_decay=base.weight_decay,
+                                    betas=(base.adam_beta1, base.adam_beta2),
+                                    eps=base.adam_epsilon, lr=base.learning_rate)
+        self.build_seconds = time.perf_counter() - t0
+        self.pad_id = prep.tokenizer.pad_token_id or 0
+        self.slots: list[_Member | None] = [None] * k
+        self.nonfinite = torch.zeros(k, dtype=torch.bool, device=self.device)
+        self.sync_every = self.plan.sync_every or 10
+        self.first_step: float | None = None
+        self._batches: dict[tuple, list[np.ndarray]] = {}
+        self._last_losses = torch.zeros(k)
+
+    def members(self) -> list[tuple[int, _Member]]:
+        return [(i, m) for i, m in enumerate(self.slots) if m is not None]
+
+    def batches(self, cfg: TrainerConfig, epoch: int) -> list[np.ndarray]:
+        """An epoch's batches, decided by the seed and the batch size alone: the same for
+        every member but one retried with a smaller batch after running out of memory."""
+        key = (epoch, cfg.max_tokens, cfg.batch_size, cfg.seed)
+        if key not in self._batches:
+            self._batches[key] = make_batches(
+                self.prep.train.lengths, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
+                seed=cfg.seed or 0, epoch=epoch, widths=self.plan.widths)
+        return self._batches[key]
+
+    # ----------------------------------------------------------------------------- slots
+
+    def fill(self, feed: Feed) -> bool:
+        """Give every empty slot the feed's next trial; False once no slot has one."""
+        for slot in range(self.k):
+            while self.slots[slot] is None:
+                job = feed.next_job()
+                if job is None:
+                    break
+                try:
+                    self._start(slot, job)
+                except Exception as e:  # its checkpoint does not fit, say: it alone fails
+                    self._close(slot, job)
+                    feed.done(job, None, e)
+        return any(m is not None for m in self.slots)
+
+    def _start(self, slot: int, job: Job) -> None:
+        cfg = job.cfg
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        log, handler = trial_logger(job.out_dir)
+        total = sum(len(self.batches(cfg, e)) for e in range(cfg.max_epochs))
+        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        st = TrainState(config=cfg.model_dump(mode="json", exclude=set(RUN_ONLY)),
+                        widths=list(self.plan.widths) if self.plan.widths
+                        and cfg.batch_size is None else None)
+        m = _Member(job, st, total, warmup_steps(cfg, total), log, handler,
+                    trial_dir.MetricsLog(job.out_dir))
+        self.slots[slot] = m
+        log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
+        log.info("device %s, autocast %s, fused array of %d (slot %d), %s", self.device,
+                 self.amp, self.k, slot, self.plan.why)
+        m.data_seconds, source = self.prep.cost()
+        log.info("data %.2fs (%s); array built in %.1fs", m.data_seconds, source,
+                 self.build_seconds)
+        self.model.load_member_state_dict(slot, self.initial)
+        self.model.set_dropout(slot, cfg.dropout)
+        self.optimizer.reset_member(slot, weight_decay=cfg.weight_decay,
+                                    betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                    eps=cfg.adam_epsilon, lr=cfg.learning_rate)
+        self.nonfinite[slot] = False
+        found = find_checkpoint(job.resume_from, trial_dir.checkpoints(job.out_dir), st)
+        if found is not None:
+            weights, blob = ckpt.read(found)
+            self.model.load_member_state_dict(slot, weights)
+            self.optimizer.load_member_state_dict(slot, blob["optimizer"])
+            take_over(st, found, m.metrics, log, job.reporter)
+            m.resumed_from = m.checked = st.step
+            if found.path.parent != trial_dir.checkpoints(job.out_dir):  # adopt it
+                self.checkpoint(slot)
+                trial_dir.adopt_best(found.path.parent.parent, job.out_dir)
+        m.t_start = time.perf_counter() - st.train_seconds
+
+    def _close(self, slot: int, job: Job) -> None:
+        m = self.slots[slot]
+        if m is not None:
+            m.log.removeHandler(m.handler)
+            m.handler.close()
+        self.slots[slot] = None
+
+    def finish(self, slot: int, feed: Feed, error: Exception | None = None) -> None:
+        """The member's trial ends: hand its result (or why it stopped) back; free the slot."""
+        m = self.slots[slot]
+        st = m.st
+        result = None
+        if error is None:
+            st.train_seconds = time.perf_counter() - m.t_start
+            m.log.info("done: best %s %.4f at step %d (%d tokens, %.0f tokens/s)", self.metric,
+                       st.best, st.best_step, st.train_tokens,
+                       st.train_tokens / max(st.train_seconds, 1e-9))
+            result = TrialResult(
+                value=float(st.best), best_step=st.best_step, best_scores=st.best_scores,
+                steps=st.step, train_tokens=st.train_tokens, train_seconds=st.train_seconds,
+                tokens_per_second=st.train_tokens / max(st.train_seconds, 1e-9),
+                data_seconds=m.data_seconds, resumed_from_step=m.resumed_from,
+                history=st.history)
+        self._close(slot, m.job)
+        feed.done(m.job, result, error)
+
+    # ----------------------------------------------------------------------------- stages
+
+    def step(self) -> torch.Tensor:
+        """One optimizer step of every member on its own next batch; the ``[K]`` losses."""
+        batches: list[dict[str, torch.Tensor] | None] = [None] * self.k
+        for slot, m in self.members():
+            idx = self.batches(m.job.cfg, m.st.epoch)[m.st.batch]
+            batches[slot] = collate(self.prep.train, idx, self.pad_id,
+                                    multiple=self.plan.multiple)
+            m.st.train_tokens += int(self.prep.train.lengths[idx].sum())
+        batch = {n: t.to(self.device, non_blocking=True)
+                 for n, t in stack_member_batches(batches, self.pad_id).items()}
+        active = torch.tensor([b is not None for b in batches], device=self.device)
+        with autocast(self.device, self.amp):
+            logits = self.model(batch["input_ids"], batch["attention_mask"])
+        losses = member_losses(logits, batch["labels"])
+        torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+        self.nonfinite |= active & ~torch.isfinite(losses.detach())
+        clip_grad_norm_per_member(self.model, [
+            None if m is None else m.job.cfg.max_grad_norm for m in self.slots])
+        lrs = [0.0 if m is None else lr_at(m.st.step, m.job.cfg, m.total, m.warmup)
+               for m in self.slots]
+        self.optimizer.step(lrs, active)
+        self.optimizer.zero_grad()
+        for _, m in self.members():
+            st = m.st
+            st.step += 1
+            st.batch += 1
+            if st.batch == len(self.batches(m.job.cfg, st.epoch)):
+                st.epoch += 1
+                st.batch = 0
+        self._lrs = lrs
+        return losses.detach()
+
+    def check_finite(self, slot: int) -> None:
+        m = self.slots[slot]
+        st = m.st
+        if bool(self.nonfinite[slot]):
+            where = (f"at step {st.step}" if m.checked + 1 == st.step
+                     else f"between steps {m.checked + 1} and {st.step}")
+            raise TrialStopped("nan_loss", f"loss is not finite {where} "
+                                           f"(lr {self._lrs[slot]:.3g})")
+        m.checked = st.step
+
+    def log_step(self, slot: int, losses: torch.Tensor) -> None:
+        m = self.slots[slot]
+        elapsed = max(time.perf_counter() - m.t_start, 1e-9)
+        m.metrics.write(step=m.st.step, loss=float(losses[slot]), lr=self._lrs[slot],
+                        grad_norm=None, tokens_per_s=m.st.train_tokens / elapsed,
+                        epoch=m.st.epoch)
+
+    def score(self, slots: list[int]) -> dict[int, dict[str, Any]]:
+        """Validation scores of the given members, in one pass of the array over the data."""
+        if not slots:
+            return {}
+        k, cfg = self.k, self.base
+
+        def forward(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.model(ids.expand(k, *ids.shape), mask.expand(k, *mask.shape))
+
+        self.model.eval()
+        try:
+            scores = evaluate_members(
+                forward, slots, self.prep.val, self.prep.val_gold, self.prep.labels,
+                EvalSettings(self.device, self.amp, self.pad_id, cfg.eval_batch_tokens,
+                             self.plan.multiple))
+        finally:
+            self.model.train()
+        return dict(zip(slots, scores))
+
+    def judge(self, slot: int, scores: dict[str, Any]) -> bool:
+        """Take the member's evaluation: best weights, report to its pruner; True: stop early."""
+        m = self.slots[slot]
+        return judge(m.st, scores, m.job.cfg, self.metric, self.maximize, m.metrics, m.log,
+                     m.job.reporter, lambda: trial_dir.save_best(
+                         self.model.member_state_dict(slot), m.job.out_dir))
+
+    def checkpoint(self, slot: int) -> None:
+        """The member's checkpoint, in the solo format: a solo run or another array resumes it."""
+        m = self.slots[slot]
+        try:
+            ckpt.write(trial_dir.checkpoints(m.job.out_dir),
+                       weights=self.model.member_state_dict(slot),
+                       optimizer=self.optimizer.member_state_dict(slot), scaler={},
+                       state=asdict(m.st))
+        except OSError as e:
+            if e.errno == errno.ENOSPC:  # the previous checkpoint is still whole
+                raise TrialStopped("disk_full", f"no space left writing a checkpoint: {e}") from e
+            raise
