@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 from conftest import hpsearch, study_dict, write_study
 
 from hpsearch.config import ConfigError, load_study, parse_study
@@ -111,9 +110,7 @@ def test_cli_bad_study_exit_2_nothing_written(tmp_path, demo_dir, over, needle):
 
 
 def test_cli_missing_data_dir(tmp_path):
-    path = tmp_path / "s.yaml"
-    d = study_dict(tmp_path, tmp_path / "no-data")
-    path.write_text(yaml.safe_dump(d))
+    path = write_study(tmp_path, tmp_path / "no-data", file="s.yaml")
     r = hpsearch("run", str(path))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "trainer.data_dir" in r.stderr

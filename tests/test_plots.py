@@ -9,8 +9,9 @@ import time
 import optuna
 import plotly.graph_objects as go
 import pytest
+from conftest import study_config, study_dict, write_study
 from plotly.offline import get_plotlyjs
-from views_helpers import make_synthetic_study, study_dict
+from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch import plots
 from hpsearch.config import ConfigError, parse_study
@@ -58,7 +59,7 @@ def test_page_is_self_contained_with_plotly_js_once(tmp_path):
 
 
 def test_no_trials_writes_a_summary_that_says_so(tmp_path):
-    cfg = parse_study(study_dict(tmp_path))
+    cfg = study_config(tmp_path, **views_settings(tmp_path))
     open_study(cfg, create=True)
     out = tmp_path / "elsewhere" / "r.html"
     assert write_report(cfg, out) == out
@@ -121,7 +122,7 @@ def test_landscape_is_log_lr_by_wd_coloured_by_metric(tmp_path):
 
 
 def test_landscape_falls_back_to_the_first_two_float_params(tmp_path):
-    d = study_dict(tmp_path)
+    d = study_dict(tmp_path, **views_settings(tmp_path))
     d["search_space"] = {
         "max_epochs": {"type": "int", "low": 1, "high": 5},
         "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -143,8 +144,7 @@ def test_landscape_falls_back_to_the_first_two_float_params(tmp_path):
 
 
 def test_importances_need_two_varied_params(tmp_path):
-    d = study_dict(tmp_path)
-    cfg = parse_study(d)
+    cfg = study_config(tmp_path, **views_settings(tmp_path))
     study = open_study(cfg, create=True)
     for i in range(6):  # weight_decay never varies
         study.enqueue_trial({"learning_rate": 10 ** (-5 + i / 2), "weight_decay": 1e-3})
@@ -174,7 +174,7 @@ def test_figures_for_a_notebook(tmp_path):
 
 
 def test_missing_study_is_a_config_error(tmp_path):
-    cfg = parse_study(study_dict(tmp_path, name="never-ran"))
+    cfg = study_config(tmp_path, **views_settings(tmp_path, name="never-ran"))
     with pytest.raises(ConfigError, match="no study named 'never-ran'"):
         write_report(cfg)
 
@@ -196,9 +196,8 @@ def test_500_trials_under_five_seconds(tmp_path):
 def test_plot_command_on_500_trials_draws_importances_beside_the_rest(tmp_path):
     """The command a user types, in its own process: fANOVA runs in a forked child there."""
     from conftest import hpsearch
-    from views_helpers import write_study_yaml
 
-    path = write_study_yaml(tmp_path, storage="journal")
+    path = write_study(tmp_path, file="views.yaml", **views_settings(tmp_path, storage="journal"))
     make_synthetic_study(tmp_path, 500, storage="journal")
     r = hpsearch("plot", str(path), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from views_helpers import make_synthetic_study, write_study_yaml
+from conftest import write_study
+from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch.plots import write_report
 
@@ -256,7 +257,8 @@ def _get(url: str) -> tuple[int, str]:
 
 def test_dashboard_serves_the_study(tmp_path):
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is an optional extra")
-    study_file = write_study_yaml(tmp_path, name="dash-study")
+    study_file = write_study(tmp_path, file="dash-study.yaml",
+                             **views_settings(tmp_path, name="dash-study"))
     make_synthetic_study(tmp_path, 5, name="dash-study")
     port = _free_port()
     code = ("import sys; from hpsearch.config import load_study; "

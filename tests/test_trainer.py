@@ -7,21 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, hpsearch, write_study
+from conftest import SHARED_DATA, TINY, hpsearch, write_study
 
 from hpsearch.config import ScratchModel, TrainerConfig
 from hpsearch.trainer import prepare, train
 from hpsearch.trainer.loop import lr_at
 
-TINY = ScratchModel(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, vocab_size=800)
-
 
 def _cfg(data_dir: Path, **kw) -> TrainerConfig:
-    base = dict(data_dir=str(data_dir), scratch=TINY, train_limit=300, val_limit=100,
-                max_epochs=2, max_tokens=1024, precision="fp32", device="cpu", num_threads=1,
-                progress=False, seed=0, learning_rate=3e-3)
-    return TrainerConfig(**{**base, **kw})
+    """One trial's trainer as a quick study gives it, seed and learning rate already drawn."""
+    return TrainerConfig(**{**TINY, "data_dir": str(data_dir), "seed": 0, "learning_rate": 3e-3,
+                            **kw})
 
 
 def test_same_seed_same_params_same_f1(demo_dir, tmp_path):
@@ -144,7 +140,7 @@ def test_fast_path_keeps_the_maths(demo_dir, tmp_path):
     graphs need) train the same model: same losses, same F1, up to float rounding."""
     import json
 
-    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    still = {**TINY["scratch"], "attention_probs_dropout_prob": 0.0}
     cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
                buckets=[16, 32], max_length=48)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
@@ -215,7 +211,7 @@ def test_compiled_fast_path_keeps_the_maths(demo_dir, tmp_path):
     losses and F1 as the model as transformers runs it: fp32, no dropout, same batches."""
     import json
 
-    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    still = {**TINY["scratch"], "attention_probs_dropout_prob": 0.0}
     cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
                buckets=[16, 32], max_length=48, max_steps=12)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
