@@ -97,6 +97,7 @@ def test_same_seed_same_sequence_different_seed_different():
     assert params(8) != first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_concentrates_near_optimum_better_than_random(seed):
     bayes = run(BayesOptSampler(seed=seed), bowl, n_trials=25)
@@ -108,6 +109,7 @@ def test_concentrates_near_optimum_better_than_random(seed):
     assert bayes_dist < rand_dist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acquisition", ["ei", "poi"])
 def test_other_acquisitions_concentrate(acquisition):
     # Weaker claim than for UCB: EI/PoI with the default xi exploit early, so on this seed the
@@ -121,6 +123,7 @@ def test_other_acquisitions_concentrate(acquisition):
     assert bayes.trials[-1].system_attrs["hpsearch:acquisition"] == acquisition
 
 
+@pytest.mark.slow
 def test_minimize_direction():
     def loss(trial: optuna.Trial) -> float:
         return -bowl(trial)
@@ -131,6 +134,7 @@ def test_minimize_direction():
     assert bayes.best_value < 0.05
 
 
+@pytest.mark.slow
 def test_duplicate_points_do_not_crash_or_print(capsys):
     study = run(BayesOptSampler(seed=0), lambda t: float(t.suggest_int("k", 1, 2)), n_trials=15)
     assert len(study.trials) == 15

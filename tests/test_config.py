@@ -92,6 +92,7 @@ def test_storage_password_from_environment(tmp_path, demo_dir, monkeypatch):
         parse_study(study_dict(tmp_path, demo_dir, storage="postgresql://u:${PGPASS}@h/db"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "over, needle",
     [
@@ -109,6 +110,7 @@ def test_cli_bad_study_exit_2_nothing_written(tmp_path, demo_dir, over, needle):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_missing_data_dir(tmp_path):
     path = write_study(tmp_path, tmp_path / "no-data", file="s.yaml")
     r = hpsearch("run", str(path))

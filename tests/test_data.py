@@ -114,6 +114,7 @@ def test_content_fingerprint_follows_data(tmp_path):
     assert a == b != c
 
 
+@pytest.mark.slow
 def test_cli_reports_data_error(tmp_path, demo_dir):
     from conftest import hpsearch, write_study
 

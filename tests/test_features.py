@@ -128,6 +128,7 @@ def test_fixed_shape_collate_pads_rows_and_width(tok):
     assert b["attention_mask"][:2].sum().item() == int(enc.lengths.sum())
 
 
+@pytest.mark.slow
 def test_scratch_tokenizer_is_the_same_in_every_process(tmp_path, demo_dir):
     """Same data, same vocabulary: otherwise the same seed gives another F1 in every study."""
     import subprocess

@@ -14,7 +14,10 @@ pytest.importorskip("ipykernel", reason="ipykernel is a dev dependency")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_study.ipynb"
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [
+    pytest.mark.slow,  # a Jupyter kernel starts and runs every cell
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 
 def outputs(nb) -> tuple[str, list[str]]:

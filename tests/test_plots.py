@@ -193,6 +193,7 @@ def test_500_trials_under_five_seconds(tmp_path):
             in section(page, "importances"))
 
 
+@pytest.mark.slow
 def test_plot_command_on_500_trials_draws_importances_beside_the_rest(tmp_path):
     """The command a user types, in its own process: fANOVA runs in a forked child there."""
     from conftest import hpsearch
@@ -220,6 +221,7 @@ def _kaleido_and_browser() -> bool:
     return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _kaleido_and_browser(), reason="PNG export needs kaleido and Chromium")
 def test_png_export_writes_every_figure(tmp_path):
     cfg, _ = make_synthetic_study(tmp_path, 8)

@@ -34,6 +34,7 @@ def _enqueue(cfg, lrs: list[float]) -> None:
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 0.01})
 
 
+@pytest.mark.slow
 def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
     # keep: all keeps every finished trial's checkpoints; a pruned trial's go all the same.
     cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 2},
@@ -58,6 +59,7 @@ def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
         assert not ckpts.exists()
 
 
+@pytest.mark.slow
 def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
     pruner = {"name": "threshold", "lower": 0.2, "n_warmup_steps": 8}
     cfg = study_config(tmp_path, demo_dir, pruner=pruner, search_space=SPACE,
@@ -72,6 +74,7 @@ def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
     assert good.state == TrialState.COMPLETE and good.value >= 0.2
 
 
+@pytest.mark.slow
 def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
     """`wilcoxon` needs `n_startup_steps` evaluations before it may compare a trial at all.
 
@@ -121,6 +124,7 @@ def _gp_view(study: optuna.Study, policy: str) -> dict[float, float]:
     return {lr: by_x[k] for lr in lrs if (k := round(axis.encode(lr), 9)) in by_x}
 
 
+@pytest.mark.slow
 def test_bayes_backend_prunes_and_its_gp_sees_last_f1_or_nothing(tmp_path, demo_dir):
     cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1},
                        search_space=SPACE, trainer={"eval_every": 4}, n_trials=4,
@@ -193,6 +197,7 @@ def test_auto_min_resource_is_the_first_evaluation(tmp_path, name):
                 if k.startswith("completed_rung_")]) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_prune_the_bad_trials(tmp_path, demo_dir):
     """Each worker's pruner judges against what the others wrote to the shared database."""
     from hpsearch.workers import run_pool
@@ -243,6 +248,7 @@ def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
     assert moved  # by number alone, some lines would have changed bracket
 
 
+@pytest.mark.slow
 def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir):
     """Steps in a study file are steps at its own batch size: a trial with half the token
     budget evaluates every 2 x eval_every of its own steps and reports at the study's steps,

@@ -17,6 +17,9 @@ from hpsearch.config import load_study
 from hpsearch.trainer import Interrupted, prepare, train
 from hpsearch.trainer.checkpoint import list_checkpoints
 
+# Every test trains a trial until it has checkpoints.
+pytestmark = pytest.mark.slow
+
 # Slow enough to be caught mid-trial: ~60 optimizer steps, a checkpoint every 5.
 SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 5}
 

@@ -11,6 +11,9 @@ from optuna.trial import TrialState
 
 from hpsearch.config import load_study
 
+# Every test runs real trials through the command line.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, demo_dir):

@@ -20,6 +20,7 @@ def _cfg(data_dir: Path, **kw) -> TrainerConfig:
                             **kw})
 
 
+@pytest.mark.slow
 def test_same_seed_same_params_same_f1(demo_dir, tmp_path):
     cfg = _cfg(demo_dir)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
@@ -72,6 +73,7 @@ def test_schedules():
     assert lr_at(99, const, 100, 10) == 1.0
 
 
+@pytest.mark.slow
 def test_demo_f1_depends_on_learning_rate(tmp_path):
     """The demo's promise: a good learning rate gets F1 > 0.8, a tiny one stays near 0."""
     demo = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
@@ -87,6 +89,7 @@ def test_demo_f1_depends_on_learning_rate(tmp_path):
     assert "micro avg" in good.stdout and "PER" in good.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "msra").is_dir(), reason="../shared/data/msra absent")
 def test_trains_on_real_chinese_data(tmp_path):
     """A slice of MSRA, a scratch BERT over characters: the trainer is not demo-only."""
@@ -113,6 +116,7 @@ def _logged_data(log: Path) -> tuple[float, str]:
     return float(m.group(1)), m.group(2)
 
 
+@pytest.mark.slow
 def test_trial_one_builds_the_data_later_trials_skip_it(demo_dir, tmp_path):
     """A study tokenises once: trial 2 logs well under a second of data work, as does a new
     process, which reads the disk cache instead of tokenising again."""
@@ -205,6 +209,7 @@ def test_data_cost_is_booked_once(demo_dir, tmp_path):
     assert prep.cost() == (0.0, "memory")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler")
 def test_compiled_fast_path_keeps_the_maths(demo_dir, tmp_path):
     """The fast path's compiled model (what CUDA graphs replay on a GPU) computes the same

@@ -35,6 +35,7 @@ def _assert_exact(trials, n: int) -> None:
     assert len(dirs) == n and all(Path(d, "metrics.jsonl").exists() for d in dirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
     env = {}
@@ -80,6 +81,7 @@ def _alive(pid: int) -> bool:
     return driver._process_alive(pid)
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     """Kill one of 3 workers mid-trial, and another worker's trial process: the study still
     reaches n_trials, a survivor resumes the dead worker's trial from its checkpoint, and the
@@ -140,6 +142,7 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     assert "resumed interrupted trial(s): " in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_path, demo_dir):
     # Long enough that neither trial can finish before both have checkpointed.
     slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
@@ -236,6 +239,7 @@ def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
     assert len(trials_of(cfg)) == 3
 
 
+@pytest.mark.slow
 def test_gpu_slots_and_bad_gpu_list(tmp_path, demo_dir):
     assert gpu_slots(["0", "1"], None, 2) == ["0", "1", "0", "1"]
     assert gpu_slots(["3"], 3, 1) == ["3", "3", "3"]

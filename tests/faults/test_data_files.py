@@ -69,6 +69,7 @@ def test_bad_data_file_is_one_line_naming_file_and_line_exit_2(tmp_path, demo_di
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_crlf_and_bioes_files_are_accepted_and_converted(tmp_path, demo_dir):
     data = copy_data(demo_dir, tmp_path / "data")
     for split in ("train", "val"):

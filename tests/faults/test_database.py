@@ -16,7 +16,8 @@ from optuna.trial import TrialState
 
 from hpsearch.trainer.checkpoint import list_checkpoints
 
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+# Every test but the last trains; the last waits for a server that never answers.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
 
 ENV = {"HP_TEST_PG_PASSWORD": pg.PASSWORD, "HPSEARCH_DB_RETRY_SECONDS": "120"}
 

@@ -58,6 +58,7 @@ def _fill(ballast: Path, done: threading.Event) -> None:
     done.set()
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path, demo_dir,
                                                                        small_disk):
     path = write_study(
@@ -115,6 +116,7 @@ def _fill_when_any_checkpointed(trials_dir: Path, ballast: Path, done: threading
     _fill(ballast, done)
 
 
+@pytest.mark.slow
 def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, demo_dir,
                                                                      small_disk):
     """Two workers share the full disk: both stop, nothing is left RUNNING, and the next run

@@ -18,6 +18,9 @@ from transformers import BertForTokenClassification
 
 LIMIT = 600  # tokens a training batch may hold; the study's budget is 1024
 
+# Every test runs a study whose trials train until the limit is hit.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def memory_limit(monkeypatch):

@@ -27,6 +27,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_the_token_cache_is_never_loaded(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=1, trainer=ONE_EPOCH)
     first = hpsearch("run", str(path))  # a new process: it writes the cache, not memory

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from conftest import trials_of, write_study
 from helpers import ONE_EPOCH, cli
 from optuna.trial import TrialState
+
+# Every test runs a study before changing it.
+pytestmark = pytest.mark.slow
 
 
 def test_two_study_files_one_study_name_different_spaces_is_refused(tmp_path, demo_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import trials_of, write_study
 from helpers import ONE_EPOCH, cli
@@ -28,6 +29,7 @@ def _short_context_model(tmp_path: Path, data_dir: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_trial_that_raises_fails_with_its_traceback_and_the_study_goes_on(tmp_path, demo_dir):
     folder = _short_context_model(tmp_path, demo_dir)
     path = write_study(tmp_path, demo_dir, n_trials=2,
@@ -48,6 +50,7 @@ def test_a_trial_that_raises_fails_with_its_traceback_and_the_study_goes_on(tmp_
     assert len(fail_rows) == 2 and all("error: RuntimeError" in ln for ln in fail_rows)
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_stops_with_reason_nan_loss(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=2,
                        trainer={**ONE_EPOCH, "max_grad_norm": None})
