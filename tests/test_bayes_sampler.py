@@ -124,7 +124,7 @@ def test_other_acquisitions_concentrate(acquisition):
 
 
 @pytest.mark.slow
-def test_minimize_direction():
+def test_minimizing_finds_a_lower_loss_than_random():
     def loss(trial: optuna.Trial) -> float:
         return -bowl(trial)
 
@@ -163,7 +163,7 @@ def _study_with_pruned_trial() -> tuple[optuna.Study, dict]:
 @pytest.mark.parametrize(
     ("policy", "expected"), [("last_value", [(0.2, 0.5), (0.9, 0.1)]), ("ignore", [(0.2, 0.5)])]
 )
-def test_pruned_trials_policy(policy, expected):
+def test_pruned_trial_is_observed_at_its_last_report_or_ignored_by_policy(policy, expected):
     study, space = _study_with_pruned_trial()
     sampler = BayesOptSampler(pruned_trials=policy, seed=0)
     x, y, pending = sampler._observations(study, frozen(study, study.ask()), space)

@@ -88,7 +88,7 @@ def test_batch_order_depends_only_on_seed_and_epoch():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_fixed_batch_size_mode():
+def test_fixed_batch_size_gives_full_batches_and_one_remainder():
     lengths = np.full(100, 10)
     batches = make_batches(lengths, batch_size=32, seed=0, epoch=0)
     assert sorted(len(b) for b in batches) == [4, 32, 32, 32]

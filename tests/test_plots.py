@@ -71,7 +71,7 @@ def test_no_trials_writes_a_summary_that_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("states", ["complete", "mixed"])
-def test_single_trial(tmp_path, states):
+def test_a_single_trial_report_explains_the_missing_importances_and_landscape(tmp_path, states):
     cfg, study = make_synthetic_study(tmp_path, 1, states=states)
     page = write_report(cfg).read_text(encoding="utf-8")
     assert "best params" in section(page, "summary")
@@ -81,7 +81,7 @@ def test_single_trial(tmp_path, states):
                                         "slice"}
 
 
-def test_only_pruned_trials(tmp_path):
+def test_only_pruned_trials_draw_learning_curves_and_nothing_else(tmp_path):
     cfg, study = make_synthetic_study(tmp_path, 5, states="pruned")
     page = write_report(cfg).read_text(encoding="utf-8")
     assert "No completed trials yet" in section(page, "summary")
@@ -166,7 +166,7 @@ def test_importance_failure_becomes_a_note(tmp_path, monkeypatch):
     assert "importances" not in figures(study, cfg)
 
 
-def test_figures_for_a_notebook(tmp_path):
+def test_figures_gives_every_plot_with_a_title_for_a_notebook(tmp_path):
     cfg, study = make_synthetic_study(tmp_path, 10)
     figs = figures(study, cfg)
     assert list(figs) == list(PLOT_SECTIONS)

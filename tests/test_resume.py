@@ -47,7 +47,7 @@ def _reference_f1(path: Path, params: dict, out: Path) -> float:
     return max(x["val_f1"] for x in rows if x.get("eval"))
 
 
-def test_sigkill_mid_trial_then_resume(tmp_path, demo_dir):
+def test_sigkilled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_f1(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=2, trainer=SLOW)
     proc = _start(path)
     _wait_for_checkpoint(tmp_path / "out" / "trials" / "trial-0000", proc)

@@ -54,7 +54,7 @@ def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tm
     assert "5/5 trials" in r.stdout
 
 
-def test_status_and_best(finished):
+def test_best_and_status_show_the_best_trial_in_the_database(finished):
     path, _ = finished
     best = max(trials_of(path), key=lambda t: t.value)
     r = hpsearch("best", str(path), "--json")

@@ -31,7 +31,7 @@ def test_same_seed_same_params_same_f1(demo_dir, tmp_path):
     assert c.history != a.history
 
 
-def test_outputs_of_a_trial(demo_dir, tmp_path):
+def test_a_trial_logs_every_step_and_evaluation_and_returns_its_best_f1(demo_dir, tmp_path):
     import json
 
     cfg = _cfg(demo_dir, eval_every=5)
@@ -63,7 +63,7 @@ def test_second_preparation_comes_from_cache(demo_dir, tmp_path):
     assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
 
 
-def test_schedules():
+def test_lr_warms_up_then_decays_linearly_or_by_cosine_or_stays_constant():
     cfg = TrainerConfig(data_dir="demo", learning_rate=1.0, warmup_ratio=0.1)
     assert lr_at(0, cfg, 100, 10) < lr_at(9, cfg, 100, 10) <= 1.0
     assert lr_at(10, cfg, 100, 10) == 1.0 and lr_at(99, cfg, 100, 10) < 0.02
@@ -91,7 +91,7 @@ def test_demo_f1_depends_on_learning_rate(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "msra").is_dir(), reason="../shared/data/msra absent")
-def test_trains_on_real_chinese_data(tmp_path):
+def test_scratch_model_learns_real_chinese_data_to_f1_above_0_2(tmp_path):
     """A slice of MSRA, a scratch BERT over characters: the trainer is not demo-only."""
     cfg = TrainerConfig(
         data_dir=str(SHARED_DATA / "msra"), train_limit=4000, val_limit=300, max_epochs=4,

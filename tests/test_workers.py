@@ -240,7 +240,7 @@ def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
 
 
 @pytest.mark.slow
-def test_gpu_slots_and_bad_gpu_list(tmp_path, demo_dir):
+def test_gpu_slots_cycle_the_gpus_and_a_bad_list_or_missing_study_exits_2(tmp_path, demo_dir):
     assert gpu_slots(["0", "1"], None, 2) == ["0", "1", "0", "1"]
     assert gpu_slots(["3"], 3, 1) == ["3", "3", "3"]
     assert gpu_slots([], 2, 1) == [None, None]
