@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # Test processes: one per core (pytest-xdist); the suite is CPU-bound and single-threaded.
 TEST_JOBS ?= auto
 
-.PHONY: setup sysdeps demo test lint clean minilm
+.PHONY: setup sysdeps demo test test-fast lint clean minilm
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ sysdeps:
 test: setup sysdeps
 	$(BIN)/ruff check hpsearch tests bench
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
+# The quick loop while editing: all but the tests marked slow (see pyproject.toml), in under a
+# minute on two cores.
+test-fast: setup sysdeps
+	$(BIN)/ruff check hpsearch tests bench
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check hpsearch tests bench

@@ -1,12 +1,15 @@
-"""Shared fixtures: generated demo data and study files small enough for CPU tests."""
+"""Shared fixtures: generated demo data, study files small enough for CPU tests, their trials."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
+import optuna
 import pytest
 import yaml
 
@@ -15,6 +18,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Tests that train use one thread: faster than two on a loaded 2-core machine, and reproducible.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+#: The trainer of a quick study: a tiny scratch BERT on a slice of the demo data, fp32 on one
+#: CPU thread, so that a trial takes a few seconds and one seed always gives one F1.
+TINY = {
+    "model": "scratch",
+    "scratch": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "intermediate_size": 64, "vocab_size": 800},
+    "train_limit": 300,
+    "val_limit": 100,
+    "max_epochs": 2,
+    "max_tokens": 1024,
+    "precision": "fp32",
+    "device": "cpu",
+    "num_threads": 1,
+    "progress": False,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -31,23 +50,13 @@ def demo_dir(tmp_path_factory) -> Path:
     return Path(generate_demo_data(tmp_path_factory.mktemp("demo") / "data"))
 
 
-def study_dict(tmp_path: Path, data_dir: Path, **over) -> dict:
-    """A quick study: tiny scratch BERT, a slice of the demo data, a few seconds a trial."""
-    trainer = {
-        "model": "scratch",
-        "scratch": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "intermediate_size": 64, "vocab_size": 800},
-        "data_dir": str(data_dir),
-        "train_limit": 300,
-        "val_limit": 100,
-        "max_epochs": 2,
-        "max_tokens": 1024,
-        "precision": "fp32",
-        "device": "cpu",
-        "num_threads": 1,
-        "progress": False,
-    }
-    trainer.update(over.pop("trainer", {}))
+def study_dict(tmp_path: Path, data_dir: Path | str, *, tiny: bool = True, **over) -> dict:
+    """A study's settings, outputs under ``tmp_path``: two random-search trials of a few seconds.
+
+    ``trainer`` settings go over TINY's; ``tiny=False`` leaves TINY out, for a study that is
+    filled through the Optuna API and never trains. Any other key replaces the study's own.
+    """
+    trainer = {**(TINY if tiny else {}), "data_dir": str(data_dir), **over.pop("trainer", {})}
     d = {
         "name": "t",
         "n_trials": 2,
@@ -61,13 +70,38 @@ def study_dict(tmp_path: Path, data_dir: Path, **over) -> dict:
         "output_dir": str(tmp_path / "out"),
     }
     d.update(over)
-    return d
+    return copy.deepcopy(d)  # callers edit their copy; TINY and theirs stay apart
 
 
-def write_study(tmp_path: Path, data_dir: Path, name: str = "study.yaml", **over) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(study_dict(tmp_path, data_dir, **over)))
+def write_study(tmp_path: Path, data_dir: Path | str, file: str = "study.yaml", **over) -> Path:
+    """The settings of study_dict as the YAML study file a user runs."""
+    path = tmp_path / file
+    path.write_text(yaml.safe_dump(study_dict(tmp_path, data_dir, **over)), encoding="utf-8")
     return path
+
+
+def study_config(tmp_path: Path, data_dir: Path | str, **over):
+    """The settings of study_dict as the validated config hpsearch runs in-process."""
+    from hpsearch.config import parse_study
+
+    return parse_study(study_dict(tmp_path, data_dir, **over))
+
+
+def trials_of(study, states=None, *, env: dict | None = None) -> list[optuna.trial.FrozenTrial]:
+    """The trials of a study file (or config) as another process reads them back: Optuna's own
+    load_study on the study's database, none of hpsearch's study driver in between.
+
+    ``env``: variables the study file refers to (a password), set only while it is read.
+    """
+    from hpsearch.config import load_study
+    from hpsearch.storage import open_storage
+
+    cfg = study
+    if isinstance(study, (str, Path)):
+        with mock.patch.dict(os.environ, env or {}):
+            cfg = load_study(study)
+    storage = open_storage(cfg.storage_url, heartbeat=False)
+    return optuna.load_study(study_name=cfg.name, storage=storage).get_trials(states=states)
 
 
 def spawn_hpsearch(*args: str, env: dict | None = None) -> subprocess.Popen:

@@ -97,6 +97,7 @@ def test_same_seed_same_sequence_different_seed_different():
     assert params(8) != first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_concentrates_near_optimum_better_than_random(seed):
     bayes = run(BayesOptSampler(seed=seed), bowl, n_trials=25)
@@ -108,6 +109,7 @@ def test_concentrates_near_optimum_better_than_random(seed):
     assert bayes_dist < rand_dist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("acquisition", ["ei", "poi"])
 def test_other_acquisitions_concentrate(acquisition):
     # Weaker claim than for UCB: EI/PoI with the default xi exploit early, so on this seed the
@@ -121,7 +123,8 @@ def test_other_acquisitions_concentrate(acquisition):
     assert bayes.trials[-1].system_attrs["hpsearch:acquisition"] == acquisition
 
 
-def test_minimize_direction():
+@pytest.mark.slow
+def test_minimizing_finds_a_lower_loss_than_random():
     def loss(trial: optuna.Trial) -> float:
         return -bowl(trial)
 
@@ -131,6 +134,7 @@ def test_minimize_direction():
     assert bayes.best_value < 0.05
 
 
+@pytest.mark.slow
 def test_duplicate_points_do_not_crash_or_print(capsys):
     study = run(BayesOptSampler(seed=0), lambda t: float(t.suggest_int("k", 1, 2)), n_trials=15)
     assert len(study.trials) == 15
@@ -159,7 +163,7 @@ def _study_with_pruned_trial() -> tuple[optuna.Study, dict]:
 @pytest.mark.parametrize(
     ("policy", "expected"), [("last_value", [(0.2, 0.5), (0.9, 0.1)]), ("ignore", [(0.2, 0.5)])]
 )
-def test_pruned_trials_policy(policy, expected):
+def test_pruned_trial_is_observed_at_its_last_report_or_ignored_by_policy(policy, expected):
     study, space = _study_with_pruned_trial()
     sampler = BayesOptSampler(pruned_trials=policy, seed=0)
     x, y, pending = sampler._observations(study, frozen(study, study.ask()), space)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 from conftest import hpsearch, study_dict, write_study
 
 from hpsearch.config import ConfigError, load_study, parse_study
@@ -17,7 +16,7 @@ def _err(tmp_path, demo_dir, **over) -> str:
     return msg
 
 
-def test_valid_study_defaults(tmp_path, demo_dir):
+def test_unset_study_fields_take_their_defaults(tmp_path, demo_dir):
     cfg = parse_study(study_dict(tmp_path, demo_dir))
     assert cfg.direction == "maximize" and cfg.metric == "f1"
     assert cfg.pruner.name == "none" and cfg.backend.name == "optuna"
@@ -26,7 +25,7 @@ def test_valid_study_defaults(tmp_path, demo_dir):
     assert trainer.learning_rate == 1e-3 and trainer.seed == 0
 
 
-def test_backend_and_pruner_shorthand(tmp_path, demo_dir):
+def test_backend_and_pruner_given_by_name_alone_get_their_defaults(tmp_path, demo_dir):
     cfg = parse_study(study_dict(tmp_path, demo_dir, backend="bayes", pruner="median"))
     assert cfg.backend.name == "bayes" and cfg.backend.acquisition == "ucb"
     assert cfg.pruner.name == "median"
@@ -55,18 +54,18 @@ def test_backend_and_pruner_shorthand(tmp_path, demo_dir):
         ({"backend": {"name": "skopt"}}, "s.yaml: backend: Input tag 'skopt' found"),
     ],
 )
-def test_bad_fields(tmp_path, demo_dir, over, expected):
+def test_each_bad_field_is_one_error_line_naming_it(tmp_path, demo_dir, over, expected):
     assert expected in _err(tmp_path, demo_dir, **over)
 
 
-def test_missing_required_field(tmp_path, demo_dir):
+def test_missing_required_field_is_one_error_line_naming_it(tmp_path, demo_dir):
     d = study_dict(tmp_path, demo_dir)
     del d["n_trials"]
     with pytest.raises(ConfigError, match=r"^s\.yaml: n_trials: required field is missing$"):
         parse_study(d, "s.yaml")
 
 
-def test_missing_data_dir(tmp_path):
+def test_missing_data_dir_is_a_config_error_naming_the_field(tmp_path):
     path = write_study(tmp_path, tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"trainer\.data_dir: directory '.*nowhere' does not"):
         load_study(path)
@@ -79,7 +78,8 @@ def test_invalid_yaml_names_line(tmp_path):
         load_study(path)
 
 
-def test_storage_password_from_environment(tmp_path, demo_dir, monkeypatch):
+def test_storage_password_comes_from_the_environment_and_is_redacted(tmp_path, demo_dir,
+                                                                     monkeypatch):
     monkeypatch.setenv("PGPASS", "s3cret")
     cfg = parse_study(
         study_dict(tmp_path, demo_dir, storage="postgresql+psycopg://u:${PGPASS}@127.0.0.1/db")
@@ -93,6 +93,7 @@ def test_storage_password_from_environment(tmp_path, demo_dir, monkeypatch):
         parse_study(study_dict(tmp_path, demo_dir, storage="postgresql://u:${PGPASS}@h/db"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "over, needle",
     [
@@ -110,10 +111,9 @@ def test_cli_bad_study_exit_2_nothing_written(tmp_path, demo_dir, over, needle):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_missing_data_dir(tmp_path):
-    path = tmp_path / "s.yaml"
-    d = study_dict(tmp_path, tmp_path / "no-data")
-    path.write_text(yaml.safe_dump(d))
+@pytest.mark.slow
+def test_cli_missing_data_dir_is_exit_2_and_writes_nothing(tmp_path):
+    path = write_study(tmp_path, tmp_path / "no-data", file="s.yaml")
     r = hpsearch("run", str(path))
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "trainer.data_dir" in r.stderr

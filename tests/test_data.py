@@ -43,18 +43,18 @@ def test_count_mismatch_names_file_and_line(tmp_path):
     )
 
 
-def test_line_count_mismatch(tmp_path):
+def test_line_count_mismatch_gives_both_counts(tmp_path):
     root = make(tmp_path, tags=("B-PER I-PER O",))
     assert "1 tag lines but 2 sentence lines" in err(root)
 
 
-def test_unknown_tag(tmp_path):
+def test_tag_outside_the_tag_set_is_one_error_naming_file_and_line(tmp_path):
     root = make(tmp_path, tags=("B-PER I-PER O", "O B-GPE"), tagset=["O", "B-PER", "I-PER",
                                                                       "B-LOC", "I-LOC"])
     assert err(root) == f"{root / 'train' / 'tags.txt'}:2: unknown tag 'B-GPE' (not in the tag set)"
 
 
-def test_not_a_tag(tmp_path):
+def test_label_that_is_not_bio_or_bioes_is_rejected(tmp_path):
     assert "'PERSON' is not a BIO/BIOES tag" in err(make(tmp_path, tags=("PERSON O O", "O O")))
 
 
@@ -63,12 +63,12 @@ def test_non_utf8_names_line(tmp_path):
     assert err(root) == f"{root / 'train' / 'sentences.txt'}:2: not valid UTF-8 (byte 0xff)"
 
 
-def test_empty_file(tmp_path):
+def test_empty_file_is_one_error_naming_it(tmp_path):
     root = make(tmp_path, raw={"val/sentences.txt": b""})
     assert err(root) == f"{root / 'val' / 'sentences.txt'}: file is empty"
 
 
-def test_missing_split(tmp_path):
+def test_missing_val_split_is_one_error_naming_the_folder(tmp_path):
     root = make(tmp_path)
     for f in (root / "val").iterdir():
         f.unlink()
@@ -82,7 +82,7 @@ def test_crlf_is_accepted(tmp_path):
     assert read_data(root).splits["train"].tags == [["B-PER", "I-PER", "O"], ["O", "B-LOC"]]
 
 
-def test_bioes_is_converted(tmp_path):
+def test_bioes_tags_and_tag_set_become_bio(tmp_path):
     root = make(tmp_path, train=("A B C D", "E"), tags=("B-PER E-PER O S-LOC", "S-ORG"),
                 tagset=["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC",
                         "S-LOC", "B-ORG", "I-ORG", "E-ORG", "S-ORG"])
@@ -96,7 +96,7 @@ def test_entity_opening_with_i_becomes_b(tmp_path):
     assert d.splits["train"].tags == [["B-PER", "I-PER", "O"], ["O", "B-LOC"]]
 
 
-def test_conll_columns(tmp_path):
+def test_conll_files_give_the_last_column_skip_docstart_and_read_dev_as_val(tmp_path):
     (tmp_path / "train.txt").write_text(
         "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP I-PER\n"
     )
@@ -114,6 +114,7 @@ def test_content_fingerprint_follows_data(tmp_path):
     assert a == b != c
 
 
+@pytest.mark.slow
 def test_cli_reports_data_error(tmp_path, demo_dir):
     from conftest import hpsearch, write_study
 

@@ -58,7 +58,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_demo_data(tmp_path_factory.mktemp("full") / "data")
 
 
-def test_layout_and_format(demo: Path) -> None:
+def test_splits_hold_valid_bio_sentences_of_6_to_30_tokens_with_all_three_types(demo: Path) -> None:
     for name in ALL_FILES:
         assert (demo / name).is_file(), name
     assert read_lines(demo / "tags.txt") == list(TAGS)
@@ -78,7 +78,7 @@ def test_layout_and_format(demo: Path) -> None:
         assert types == {"LOC", "ORG", "PER"}, split
 
 
-def test_default_sizes(full: Path) -> None:
+def test_default_sizes_are_1500_300_and_300_sentences(full: Path) -> None:
     assert [len(read_split(full, s)) for s in SPLITS] == [1500, 300, 300]
 
 
@@ -109,7 +109,7 @@ def test_some_val_entities_are_held_out_of_train(full: Path) -> None:
         assert 0.1 < len(unseen) / len(mentions) < 0.35, split
 
 
-def test_deterministic(tmp_path: Path) -> None:
+def test_same_seed_writes_identical_files_and_another_seed_other_sentences(tmp_path: Path) -> None:
     a = snapshot(generate_demo_data(tmp_path / "a", **SIZES, seed=7))
     b = snapshot(generate_demo_data(tmp_path / "b", **SIZES, seed=7))
     c = snapshot(generate_demo_data(tmp_path / "c", **SIZES, seed=8))
@@ -135,7 +135,7 @@ def test_idempotent_and_leaves_no_temp_dirs(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
 
 
-def test_str_path_and_missing_parents(tmp_path: Path) -> None:
+def test_str_path_is_accepted_and_missing_parents_are_created(tmp_path: Path) -> None:
     out = generate_demo_data(str(tmp_path / "deep" / "er" / "data"), n_train=5, n_val=3, n_test=2)
     assert out == tmp_path / "deep" / "er" / "data"
     assert demo_data.is_complete(out)
@@ -216,7 +216,7 @@ def test_loser_of_the_rename_race_uses_the_winner(
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True])
-def test_rejects_bad_sizes(tmp_path: Path, bad: object) -> None:
+def test_bad_size_is_rejected_before_anything_is_written(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ValueError, match="n_val"):
         generate_demo_data(tmp_path / "data", n_val=bad)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []

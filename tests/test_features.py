@@ -88,7 +88,7 @@ def test_batch_order_depends_only_on_seed_and_epoch():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_fixed_batch_size_mode():
+def test_fixed_batch_size_gives_full_batches_and_one_remainder():
     lengths = np.full(100, 10)
     batches = make_batches(lengths, batch_size=32, seed=0, epoch=0)
     assert sorted(len(b) for b in batches) == [4, 32, 32, 32]
@@ -128,6 +128,7 @@ def test_fixed_shape_collate_pads_rows_and_width(tok):
     assert b["attention_mask"][:2].sum().item() == int(enc.lengths.sum())
 
 
+@pytest.mark.slow
 def test_scratch_tokenizer_is_the_same_in_every_process(tmp_path, demo_dir):
     """Same data, same vocabulary: otherwise the same seed gives another F1 in every study."""
     import subprocess

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO  # noqa: F401  (puts the repository on sys.path)
-from test_trainer import TINY, _cfg
+from test_trainer import _cfg
 
 from hpsearch.trainer import prepare, train
 from hpsearch.trainer.batching import collate, make_batches
@@ -87,7 +87,7 @@ def test_a_model_with_the_kernels_computes_what_transformers_builds(demo_dir, tm
 
 def test_cpu_fast_path_trains_like_the_plain_model(demo_dir, tmp_path):
     """With dropout, the two draw different masks; F1 after two epochs stays close."""
-    cfg = _cfg(demo_dir, scratch=TINY, eval_every=10)
+    cfg = _cfg(demo_dir, eval_every=10)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
     fast = train(cfg, prep, tmp_path / "fast")
     plain = train(cfg.model_copy(update={"fast_path": "off"}), prep, tmp_path / "plain")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from views_helpers import make_synthetic_study, write_study_yaml
+from conftest import write_study
+from views_helpers import make_synthetic_study, views_settings
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is a dev dependency")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is a dev dependency")
@@ -13,7 +14,10 @@ pytest.importorskip("ipykernel", reason="ipykernel is a dev dependency")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_study.ipynb"
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [
+    pytest.mark.slow,  # a Jupyter kernel starts and runs every cell
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
 
 def outputs(nb) -> tuple[str, list[str]]:
@@ -31,7 +35,7 @@ def outputs(nb) -> tuple[str, list[str]]:
 
 
 def test_notebook_runs_on_a_study(tmp_path, monkeypatch):
-    study_file = write_study_yaml(tmp_path)
+    study_file = write_study(tmp_path, file="views.yaml", **views_settings(tmp_path))
     make_synthetic_study(tmp_path, 10)
     monkeypatch.setenv("HPSEARCH_STUDY", str(study_file))
     nb = nbformat.read(NOTEBOOK, as_version=4)

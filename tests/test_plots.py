@@ -9,8 +9,9 @@ import time
 import optuna
 import plotly.graph_objects as go
 import pytest
+from conftest import study_config, study_dict, write_study
 from plotly.offline import get_plotlyjs
-from views_helpers import make_synthetic_study, study_dict
+from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch import plots
 from hpsearch.config import ConfigError, parse_study
@@ -58,7 +59,7 @@ def test_page_is_self_contained_with_plotly_js_once(tmp_path):
 
 
 def test_no_trials_writes_a_summary_that_says_so(tmp_path):
-    cfg = parse_study(study_dict(tmp_path))
+    cfg = study_config(tmp_path, **views_settings(tmp_path))
     open_study(cfg, create=True)
     out = tmp_path / "elsewhere" / "r.html"
     assert write_report(cfg, out) == out
@@ -70,7 +71,7 @@ def test_no_trials_writes_a_summary_that_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("states", ["complete", "mixed"])
-def test_single_trial(tmp_path, states):
+def test_a_single_trial_report_explains_the_missing_importances_and_landscape(tmp_path, states):
     cfg, study = make_synthetic_study(tmp_path, 1, states=states)
     page = write_report(cfg).read_text(encoding="utf-8")
     assert "best params" in section(page, "summary")
@@ -80,7 +81,7 @@ def test_single_trial(tmp_path, states):
                                         "slice"}
 
 
-def test_only_pruned_trials(tmp_path):
+def test_only_pruned_trials_draw_learning_curves_and_nothing_else(tmp_path):
     cfg, study = make_synthetic_study(tmp_path, 5, states="pruned")
     page = write_report(cfg).read_text(encoding="utf-8")
     assert "No completed trials yet" in section(page, "summary")
@@ -121,7 +122,7 @@ def test_landscape_is_log_lr_by_wd_coloured_by_metric(tmp_path):
 
 
 def test_landscape_falls_back_to_the_first_two_float_params(tmp_path):
-    d = study_dict(tmp_path)
+    d = study_dict(tmp_path, **views_settings(tmp_path))
     d["search_space"] = {
         "max_epochs": {"type": "int", "low": 1, "high": 5},
         "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
@@ -143,8 +144,7 @@ def test_landscape_falls_back_to_the_first_two_float_params(tmp_path):
 
 
 def test_importances_need_two_varied_params(tmp_path):
-    d = study_dict(tmp_path)
-    cfg = parse_study(d)
+    cfg = study_config(tmp_path, **views_settings(tmp_path))
     study = open_study(cfg, create=True)
     for i in range(6):  # weight_decay never varies
         study.enqueue_trial({"learning_rate": 10 ** (-5 + i / 2), "weight_decay": 1e-3})
@@ -166,7 +166,7 @@ def test_importance_failure_becomes_a_note(tmp_path, monkeypatch):
     assert "importances" not in figures(study, cfg)
 
 
-def test_figures_for_a_notebook(tmp_path):
+def test_figures_gives_every_plot_with_a_title_for_a_notebook(tmp_path):
     cfg, study = make_synthetic_study(tmp_path, 10)
     figs = figures(study, cfg)
     assert list(figs) == list(PLOT_SECTIONS)
@@ -174,7 +174,7 @@ def test_figures_for_a_notebook(tmp_path):
 
 
 def test_missing_study_is_a_config_error(tmp_path):
-    cfg = parse_study(study_dict(tmp_path, name="never-ran"))
+    cfg = study_config(tmp_path, **views_settings(tmp_path, name="never-ran"))
     with pytest.raises(ConfigError, match="no study named 'never-ran'"):
         write_report(cfg)
 
@@ -193,12 +193,12 @@ def test_500_trials_under_five_seconds(tmp_path):
             in section(page, "importances"))
 
 
+@pytest.mark.slow
 def test_plot_command_on_500_trials_draws_importances_beside_the_rest(tmp_path):
     """The command a user types, in its own process: fANOVA runs in a forked child there."""
     from conftest import hpsearch
-    from views_helpers import write_study_yaml
 
-    path = write_study_yaml(tmp_path, storage="journal")
+    path = write_study(tmp_path, file="views.yaml", **views_settings(tmp_path, storage="journal"))
     make_synthetic_study(tmp_path, 500, storage="journal")
     r = hpsearch("plot", str(path), "--out", str(tmp_path / "r.html"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -221,6 +221,7 @@ def _kaleido_and_browser() -> bool:
     return any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _kaleido_and_browser(), reason="PNG export needs kaleido and Chromium")
 def test_png_export_writes_every_figure(tmp_path):
     cfg, _ = make_synthetic_study(tmp_path, 8)

@@ -12,25 +12,19 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import study_dict
+from conftest import study_config, trials_of
 from optuna.trial import TrialState
 
 from hpsearch import study as hs
 from hpsearch.backends.bayes import BayesOptSampler, _Axis
-from hpsearch.config import parse_study
 from hpsearch.pruners import make_pruner
 from hpsearch.trainer import prepare
 
 GOOD, BAD = 1e-2, 1e-6
 
-
-def _cfg(tmp_path: Path, demo_dir: Path, pruner, *, eval_every: int = 4, **over):
-    trainer = {"eval_every": eval_every, **over.pop("trainer", {})}
-    space = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": True},
-             "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}
-    d = study_dict(tmp_path, demo_dir, pruner=pruner, trainer=trainer, search_space=space,
-                   **over)
-    return parse_study(d)
+#: Room for both the hopeless and the good learning rates the tests enqueue.
+SPACE = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": True},
+         "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True}}
 
 
 def _enqueue(cfg, lrs: list[float]) -> None:
@@ -40,18 +34,14 @@ def _enqueue(cfg, lrs: list[float]) -> None:
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 0.01})
 
 
-def _stored(cfg) -> list[optuna.trial.FrozenTrial]:
-    """The trials as another process would read them back from the database."""
-    return optuna.load_study(study_name=cfg.name, storage=cfg.storage_url).get_trials()
-
-
+@pytest.mark.slow
 def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
     # keep: all keeps every finished trial's checkpoints; a pruned trial's go all the same.
-    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 2},
-               n_trials=4, keep="all")
+    cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 2},
+                       search_space=SPACE, trainer={"eval_every": 4}, n_trials=4, keep="all")
     _enqueue(cfg, [GOOD, 2 * GOOD, BAD, 10 * BAD])
     hs.run(cfg)
-    trials = _stored(cfg)
+    trials = trials_of(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
     # One step scale for every trial: optimizer steps, every eval_every and at the last step.
     eval_steps = sorted(trials[0].intermediate_values)
@@ -69,12 +59,14 @@ def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
         assert not ckpts.exists()
 
 
+@pytest.mark.slow
 def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
     pruner = {"name": "threshold", "lower": 0.2, "n_warmup_steps": 8}
-    cfg = _cfg(tmp_path, demo_dir, pruner, n_trials=2)
+    cfg = study_config(tmp_path, demo_dir, pruner=pruner, search_space=SPACE,
+                       trainer={"eval_every": 4}, n_trials=2)
     _enqueue(cfg, [BAD, GOOD])
     hs.run(cfg)
-    bad, good = _stored(cfg)
+    bad, good = trials_of(cfg)
     assert bad.state == TrialState.PRUNED
     # Below the bound from the start, but judged only once the warm-up is over.
     assert sorted(bad.intermediate_values) == [4, 8] and bad.user_attrs["pruned_step"] == 8
@@ -82,6 +74,7 @@ def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
     assert good.state == TrialState.COMPLETE and good.value >= 0.2
 
 
+@pytest.mark.slow
 def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
     """`wilcoxon` needs `n_startup_steps` evaluations before it may compare a trial at all.
 
@@ -92,15 +85,17 @@ def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
     """
     pruner = {"name": "wilcoxon", "n_startup_steps": 3, "p_threshold": 0.2}
 
-    ref_cfg = _cfg(tmp_path / "ref", demo_dir, pruner, n_trials=2)
+    ref_cfg = study_config(tmp_path / "ref", demo_dir, pruner=pruner, search_space=SPACE,
+                           trainer={"eval_every": 4}, n_trials=2)
     _enqueue(ref_cfg, [GOOD, BAD])
     hs.run(ref_cfg)
-    good, ref = _stored(ref_cfg)
+    good, ref = trials_of(ref_cfg)
     assert ref.state == TrialState.PRUNED, f"precondition: {ref.intermediate_values} vs " \
         f"{good.intermediate_values}"
     assert ref.user_attrs["pruned_step"] == 12  # the third evaluation, the first it may judge
 
-    cfg = _cfg(tmp_path / "cut", demo_dir, pruner, n_trials=2)
+    cfg = study_config(tmp_path / "cut", demo_dir, pruner=pruner, search_space=SPACE,
+                       trainer={"eval_every": 4}, n_trials=2)
     _enqueue(cfg, [GOOD, BAD])
     study = hs.open_study(cfg)
     prep = prepare(cfg.trainer, hs.data_dir(cfg), cfg.out / "cache")
@@ -110,7 +105,7 @@ def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
         hs.run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= 8)
     hs.run(cfg)  # what `hpsearch run` does next: the continuation resumes at step 8
 
-    _, first, cont = _stored(cfg)
+    _, first, cont = trials_of(cfg)
     assert first.system_attrs["hpsearch:fail_reason"] == "interrupted"
     assert sorted(first.intermediate_values) == [4, 8]
     assert cont.system_attrs["hpsearch:retry_of"] == first.number
@@ -129,12 +124,14 @@ def _gp_view(study: optuna.Study, policy: str) -> dict[float, float]:
     return {lr: by_x[k] for lr in lrs if (k := round(axis.encode(lr), 9)) in by_x}
 
 
+@pytest.mark.slow
 def test_bayes_backend_prunes_and_its_gp_sees_last_f1_or_nothing(tmp_path, demo_dir):
-    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 1}, n_trials=4,
-               backend={"name": "bayes", "n_random_init": 2})
+    cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1},
+                       search_space=SPACE, trainer={"eval_every": 4}, n_trials=4,
+                       backend={"name": "bayes", "n_random_init": 2})
     _enqueue(cfg, [GOOD, BAD, 2 * BAD])  # the fourth trial is the GP's own proposal
     hs.run(cfg)
-    trials = _stored(cfg)
+    trials = trials_of(cfg)
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 2
     assert trials[3].system_attrs["hpsearch:sampled_by"] == "bayes_opt"
     assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED)
@@ -166,8 +163,7 @@ PRUNERS = {
 @pytest.mark.parametrize("name", sorted(PRUNERS))
 def test_every_pruner_name_builds(tmp_path, name):
     extra = {"threshold": {"lower": 0.1}, "patient": {"wrapped": {"name": "median"}}}
-    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner={"name": name,
-                                                             **extra.get(name, {})}))
+    cfg = study_config(tmp_path, tmp_path, pruner={"name": name, **extra.get(name, {})})
     assert isinstance(make_pruner(cfg.pruner), PRUNERS[name])
 
 
@@ -182,7 +178,7 @@ def _curve_study(pruner) -> optuna.Study:
 @pytest.mark.parametrize("name", ["hyperband", "successive_halving"])
 def test_auto_min_resource_is_the_first_evaluation(tmp_path, name):
     """Rungs start at the first evaluation, not at step 1: one rung judged per evaluation."""
-    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner=name))
+    cfg = study_config(tmp_path, tmp_path, pruner=name)
     study = _curve_study(make_pruner(cfg.pruner))
     good, bad = study.ask(), study.ask()
     for t, v in ((good, 0.5), (bad, 0.0)):
@@ -201,16 +197,18 @@ def test_auto_min_resource_is_the_first_evaluation(tmp_path, name):
                 if k.startswith("completed_rung_")]) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_prune_the_bad_trials(tmp_path, demo_dir):
     """Each worker's pruner judges against what the others wrote to the shared database."""
     from hpsearch.workers import run_pool
 
-    cfg = _cfg(tmp_path, demo_dir, {"name": "median", "n_startup_trials": 1}, n_trials=4)
+    cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1},
+                       search_space=SPACE, trainer={"eval_every": 4}, n_trials=4)
     # The good trial runs twice at once, one per worker (identical curves: a tie never prunes);
     # each bad trial starts in the worker that has just finished a good one.
     _enqueue(cfg, [GOOD, GOOD, BAD, 10 * BAD])
     run_pool(cfg, [None, None])
-    trials = _stored(cfg)
+    trials = trials_of(cfg)
     assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
     for t in trials[2:]:
         assert t.state == TrialState.PRUNED and t.user_attrs["pruned_step"] == 4
@@ -223,8 +221,8 @@ def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
     Judged by another bracket's rungs, a resumed trial would be pruned (or kept) on rules its
     first part never ran under, and that part would leave its old bracket's comparisons.
     """
-    cfg = parse_study(study_dict(tmp_path, tmp_path, pruner={
-        "name": "hyperband", "min_resource": 15, "max_resource": 150}))
+    cfg = study_config(tmp_path, tmp_path, pruner={
+        "name": "hyperband", "min_resource": 15, "max_resource": 150})
     pruner = make_pruner(cfg.pruner)
     study = _curve_study(pruner)
     plain = optuna.pruners.HyperbandPruner(15, 150, 3)
@@ -250,6 +248,7 @@ def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
     assert moved  # by number alone, some lines would have changed bracket
 
 
+@pytest.mark.slow
 def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir):
     """Steps in a study file are steps at its own batch size: a trial with half the token
     budget evaluates every 2 x eval_every of its own steps and reports at the study's steps,
@@ -257,9 +256,9 @@ def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir)
     space = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": True},
              "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
              "max_tokens": {"type": "categorical", "choices": [512, 1024]}}
-    cfg = parse_study(study_dict(
+    cfg = study_config(
         tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1}, n_trials=2,
-        trainer={"eval_every": 4, "max_tokens": 1024}, search_space=space))
+        trainer={"eval_every": 4, "max_tokens": 1024}, search_space=space)
     cfg.out.mkdir(parents=True, exist_ok=True)
     study = hs.open_study(cfg, create=True)
     for budget in (1024, 512):
@@ -267,7 +266,7 @@ def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir)
     assert cfg.trainer_for({"max_tokens": 512}).eval_every == 8
     assert cfg.trainer_for({"max_tokens": 2048}).eval_every == 2
     hs.run(cfg)
-    full, half = _stored(cfg)
+    full, half = trials_of(cfg)
     assert [t.state for t in (full, half)] == [TrialState.COMPLETE] * 2
     assert half.user_attrs["steps"] > 1.5 * full.user_attrs["steps"]
     grid = sorted(full.intermediate_values)[:-1]  # every 4 steps, then the last step

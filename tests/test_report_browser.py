@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from views_helpers import make_synthetic_study, write_study_yaml
+from conftest import write_study
+from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch.plots import write_report
 
@@ -191,6 +192,7 @@ def open_in_chromium(report: Path, tmp_path: Path, shot: Path, wait: float = 20)
         browser.close()
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_draws_every_plot_without_errors(tmp_path):
     cfg, _ = make_synthetic_study(tmp_path, 16)
@@ -214,6 +216,7 @@ def test_report_draws_every_plot_without_errors(tmp_path):
     assert seen["pixels"]["ink"] > 0.05 and seen["pixels"]["colours"] > 50, seen["pixels"]
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_without_completed_trials_renders(tmp_path):
     cfg, _ = make_synthetic_study(tmp_path, 3, states="pruned")
@@ -225,6 +228,7 @@ def test_report_without_completed_trials_renders(tmp_path):
     assert seen["plots"][0]["marks"] > 0
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_checks_notice_a_broken_page(tmp_path):
     """The checks above must be able to fail: a report whose plotly.js is gone is caught."""
@@ -254,9 +258,11 @@ def _get(url: str) -> tuple[int, str]:
         return r.status, r.read().decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_dashboard_serves_the_study(tmp_path):
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard is an optional extra")
-    study_file = write_study_yaml(tmp_path, name="dash-study")
+    study_file = write_study(tmp_path, file="dash-study.yaml",
+                             **views_settings(tmp_path, name="dash-study"))
     make_synthetic_study(tmp_path, 5, name="dash-study")
     port = _free_port()
     code = ("import sys; from hpsearch.config import load_study; "

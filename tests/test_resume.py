@@ -9,14 +9,16 @@ import subprocess
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-from conftest import hpsearch, spawn_hpsearch, write_study
+from conftest import hpsearch, spawn_hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study
 from hpsearch.trainer import Interrupted, prepare, train
 from hpsearch.trainer.checkpoint import list_checkpoints
+
+# Every test trains a trial until it has checkpoints.
+pytestmark = pytest.mark.slow
 
 # Slow enough to be caught mid-trial: ~60 optimizer steps, a checkpoint every 5.
 SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 5}
@@ -37,11 +39,6 @@ def _wait_for_checkpoint(trial_dir: Path, proc: subprocess.Popen, min_step: int 
     raise AssertionError("no checkpoint appeared")
 
 
-def _study(path: Path) -> optuna.Study:
-    cfg = load_study(path)
-    return optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
-
-
 def _reference_f1(path: Path, params: dict, out: Path) -> float:
     args = [a for k, v in params.items() for a in ("--set", f"{k}={v!r}")]
     r = hpsearch("train", str(path), *args, "--out", str(out))
@@ -50,19 +47,19 @@ def _reference_f1(path: Path, params: dict, out: Path) -> float:
     return max(x["val_f1"] for x in rows if x.get("eval"))
 
 
-def test_sigkill_mid_trial_then_resume(tmp_path, demo_dir):
+def test_sigkilled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_f1(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=2, trainer=SLOW)
     proc = _start(path)
     _wait_for_checkpoint(tmp_path / "out" / "trials" / "trial-0000", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed = _study(path).get_trials()[0]
+    killed = trials_of(path)[0]
     assert killed.state == TrialState.RUNNING  # what a power cut leaves behind
 
     r = hpsearch("resume", str(path))
     assert r.returncode == 0, r.stderr
     assert "resumed interrupted trial(s): 0" in r.stdout
-    trials = _study(path).get_trials()
+    trials = trials_of(path)
     assert trials[0].state == TrialState.FAIL
     assert trials[0].system_attrs["hpsearch:fail_reason"] == "interrupted"
     cont = trials[1]
@@ -89,12 +86,12 @@ def test_sigint_checkpoints_exits_130_and_resumes(tmp_path, demo_dir):
     ckpts = list_checkpoints(trial_dir / "checkpoints")
     assert ckpts
     stopped_at = int(ckpts[-1].name.split("-")[1])
-    trials = _study(path).get_trials()
+    trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
     r = hpsearch("resume", str(path))
     assert r.returncode == 0, r.stderr
-    done = _study(path).get_trials()[1]
+    done = trials_of(path)[1]
     assert done.state == TrialState.COMPLETE
     assert done.user_attrs["resumed_from_step"] == stopped_at
     assert done.value == _reference_f1(path, done.params, tmp_path / "ref")

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 
-import optuna
 import pytest
 import yaml
-from conftest import hpsearch, write_study
+from conftest import hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study
 
-
-def _trials(path):
-    cfg = load_study(path)
-    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
-    return study.get_trials()
+# Every test runs real trials through the command line.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +26,7 @@ def finished(tmp_path_factory, demo_dir):
 
 def test_run_writes_complete_trials(finished):
     path, r = finished
-    trials = _trials(path)
+    trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
         assert 0.0 <= t.value <= 1.0
@@ -47,20 +43,20 @@ def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tm
     path, _ = finished
     r = hpsearch("run", str(path))
     assert r.returncode == 0 and "nothing to do" in r.stdout
-    assert len(_trials(path)) == 3
+    assert len(trials_of(path)) == 3
     d = yaml.safe_load(path.read_text())
     d["n_trials"] = 5
     path.write_text(yaml.safe_dump(d))
     r = hpsearch("run", str(path))
     assert r.returncode == 0, r.stderr
-    trials = _trials(path)
+    trials = trials_of(path)
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
     assert "5/5 trials" in r.stdout
 
 
-def test_status_and_best(finished):
+def test_best_and_status_show_the_best_trial_in_the_database(finished):
     path, _ = finished
-    best = max(_trials(path), key=lambda t: t.value)
+    best = max(trials_of(path), key=lambda t: t.value)
     r = hpsearch("best", str(path), "--json")
     assert r.returncode == 0
     got = json.loads(r.stdout)
@@ -68,7 +64,7 @@ def test_status_and_best(finished):
     assert got["params"] == pytest.approx(best.params)
     r = hpsearch("status", str(path))
     assert r.returncode == 0 and f"best #{best.number}" in r.stdout
-    assert r.stdout.count("COMPLETE") == len(_trials(path))
+    assert r.stdout.count("COMPLETE") == len(trials_of(path))
 
 
 def test_best_model_loads_with_plain_transformers(finished):
@@ -82,7 +78,7 @@ def test_best_model_loads_with_plain_transformers(finished):
     tok = AutoTokenizer.from_pretrained(folder)
     assert model.config.id2label[0] == "O" and tok.is_fast
     marker = json.loads((folder / "hpsearch-trial.json").read_text())
-    best = max(_trials(path), key=lambda t: t.value)
+    best = max(trials_of(path), key=lambda t: t.value)
     assert marker["number"] == best.number
     r = hpsearch("evaluate", str(path), "--split", "val", "--json")
     assert r.returncode == 0, r.stderr
@@ -106,7 +102,7 @@ def test_bayes_backend_writes_the_same_database(tmp_path, demo_dir):
                        trainer={"max_epochs": 1})
     r = hpsearch("run", str(path))
     assert r.returncode == 0, r.stderr
-    trials = _trials(path)
+    trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     sampled_by = [t.system_attrs.get("hpsearch:sampled_by") for t in trials]
     assert sampled_by[:2] == ["bayes_opt:random_init"] * 2
@@ -118,10 +114,9 @@ def test_keep_best_leaves_only_the_best_trials_weights(finished):
     """A long study must not fill the disk: after each trial only the best weights remain."""
     path, _ = finished
     cfg = load_study(path)
-    best = max((t for t in _trials(path) if t.state == TrialState.COMPLETE),
-               key=lambda t: t.value)
+    best = max(trials_of(path, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     trial_dirs = sorted((cfg.out / "trials").iterdir())
-    assert len(trial_dirs) == len(_trials(path))
+    assert len(trial_dirs) == len(trials_of(path))
     for d in trial_dirs:
         assert not (d / "checkpoints").exists(), f"{d.name} kept its checkpoints"
         has_best = (d / "best" / "model.safetensors").exists()
@@ -164,7 +159,7 @@ def test_a_pretrained_folder_loads_quietly_and_the_trial_log_says_what_is_new(tm
     r = hpsearch("run", str(path))
     assert r.returncode == 0, r.stderr
     assert "LOAD REPORT" not in r.stdout + r.stderr and "MISSING" not in r.stderr
-    (t,) = _trials(path)
+    (t,) = trials_of(path)
     log = (tmp_path / "out" / "trials" / "trial-0000" / "train.log").read_text()
     assert f"loaded {folder}; newly initialised: classifier.bias, classifier.weight;" in log
     assert t.state == TrialState.COMPLETE

@@ -6,7 +6,11 @@ import math
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+# The benchmark trains with both trainers.
+pytestmark = pytest.mark.slow
 
 
 def test_quick_bench_prints_a_ratio(demo_dir):

@@ -7,23 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, hpsearch, write_study
+from conftest import SHARED_DATA, TINY, hpsearch, write_study
 
 from hpsearch.config import ScratchModel, TrainerConfig
 from hpsearch.trainer import prepare, train
 from hpsearch.trainer.loop import lr_at
 
-TINY = ScratchModel(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, vocab_size=800)
-
 
 def _cfg(data_dir: Path, **kw) -> TrainerConfig:
-    base = dict(data_dir=str(data_dir), scratch=TINY, train_limit=300, val_limit=100,
-                max_epochs=2, max_tokens=1024, precision="fp32", device="cpu", num_threads=1,
-                progress=False, seed=0, learning_rate=3e-3)
-    return TrainerConfig(**{**base, **kw})
+    """One trial's trainer as a quick study gives it, seed and learning rate already drawn."""
+    return TrainerConfig(**{**TINY, "data_dir": str(data_dir), "seed": 0, "learning_rate": 3e-3,
+                            **kw})
 
 
+@pytest.mark.slow
 def test_same_seed_same_params_same_f1(demo_dir, tmp_path):
     cfg = _cfg(demo_dir)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
@@ -34,7 +31,7 @@ def test_same_seed_same_params_same_f1(demo_dir, tmp_path):
     assert c.history != a.history
 
 
-def test_outputs_of_a_trial(demo_dir, tmp_path):
+def test_a_trial_logs_every_step_and_evaluation_and_returns_its_best_f1(demo_dir, tmp_path):
     import json
 
     cfg = _cfg(demo_dir, eval_every=5)
@@ -66,7 +63,7 @@ def test_second_preparation_comes_from_cache(demo_dir, tmp_path):
     assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
 
 
-def test_schedules():
+def test_lr_warms_up_then_decays_linearly_or_by_cosine_or_stays_constant():
     cfg = TrainerConfig(data_dir="demo", learning_rate=1.0, warmup_ratio=0.1)
     assert lr_at(0, cfg, 100, 10) < lr_at(9, cfg, 100, 10) <= 1.0
     assert lr_at(10, cfg, 100, 10) == 1.0 and lr_at(99, cfg, 100, 10) < 0.02
@@ -76,6 +73,7 @@ def test_schedules():
     assert lr_at(99, const, 100, 10) == 1.0
 
 
+@pytest.mark.slow
 def test_demo_f1_depends_on_learning_rate(tmp_path):
     """The demo's promise: a good learning rate gets F1 > 0.8, a tiny one stays near 0."""
     demo = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
@@ -91,8 +89,9 @@ def test_demo_f1_depends_on_learning_rate(tmp_path):
     assert "micro avg" in good.stdout and "PER" in good.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "msra").is_dir(), reason="../shared/data/msra absent")
-def test_trains_on_real_chinese_data(tmp_path):
+def test_scratch_model_learns_real_chinese_data_to_f1_above_0_2(tmp_path):
     """A slice of MSRA, a scratch BERT over characters: the trainer is not demo-only."""
     cfg = TrainerConfig(
         data_dir=str(SHARED_DATA / "msra"), train_limit=4000, val_limit=300, max_epochs=4,
@@ -117,6 +116,7 @@ def _logged_data(log: Path) -> tuple[float, str]:
     return float(m.group(1)), m.group(2)
 
 
+@pytest.mark.slow
 def test_trial_one_builds_the_data_later_trials_skip_it(demo_dir, tmp_path):
     """A study tokenises once: trial 2 logs well under a second of data work, as does a new
     process, which reads the disk cache instead of tokenising again."""
@@ -144,7 +144,7 @@ def test_fast_path_keeps_the_maths(demo_dir, tmp_path):
     graphs need) train the same model: same losses, same F1, up to float rounding."""
     import json
 
-    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    still = {**TINY["scratch"], "attention_probs_dropout_prob": 0.0}
     cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
                buckets=[16, 32], max_length=48)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
@@ -209,13 +209,14 @@ def test_data_cost_is_booked_once(demo_dir, tmp_path):
     assert prep.cost() == (0.0, "memory")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on a CPU needs a C compiler")
 def test_compiled_fast_path_keeps_the_maths(demo_dir, tmp_path):
     """The fast path's compiled model (what CUDA graphs replay on a GPU) computes the same
     losses and F1 as the model as transformers runs it: fp32, no dropout, same batches."""
     import json
 
-    still = TINY.model_copy(update={"attention_probs_dropout_prob": 0.0})
+    still = {**TINY["scratch"], "attention_probs_dropout_prob": 0.0}
     cfg = _cfg(demo_dir, batch_size=24, dropout=0.0, scratch=still, eval_every=6,
                buckets=[16, 32], max_length=48, max_steps=12)
     prep = prepare(cfg, demo_dir, tmp_path / "cache")

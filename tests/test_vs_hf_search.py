@@ -61,6 +61,7 @@ def test_package_model_source_finds_the_installed_model():
     assert tok.is_fast and tok.pad_token_id is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, where",
     [
@@ -76,6 +77,7 @@ def test_bad_input_is_one_line_and_exit_2(args, where, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and where in lines[0]
 
 
+@pytest.mark.slow
 def test_refuses_to_empty_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     r = bench("--device", "cpu", "--quick", "--out", str(tmp_path), timeout=120)

@@ -14,38 +14,15 @@ from pathlib import Path
 import optuna
 import pg
 import pytest
-import yaml
-from conftest import hpsearch, spawn_hpsearch, study_dict
+from conftest import hpsearch, spawn_hpsearch, study_config, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch import study as driver
-from hpsearch.config import load_study, parse_study
 from hpsearch.trainer.checkpoint import list_checkpoints
 from hpsearch.workers import gpu_slots
 
 # Claims outside Study.optimize: Optuna's heartbeat warning is expected and says nothing here.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-
-# A trial of a few tenths of a second: what is measured here is the orchestration.
-TINY = {"train_limit": 40, "val_limit": 20, "max_epochs": 1}
-
-
-def _write(tmp_path: Path, demo_dir: Path, **over) -> Path:
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study_dict(tmp_path, demo_dir, **over)))
-    return path
-
-
-def _trials(path: Path, env: dict | None = None) -> list[optuna.trial.FrozenTrial]:
-    old = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})
-    try:
-        cfg = load_study(path)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return optuna.load_study(study_name=cfg.name, storage=driver.open_storage(cfg.storage_url)
-                             ).get_trials()
 
 
 def _assert_exact(trials, n: int) -> None:
@@ -58,6 +35,7 @@ def _assert_exact(trials, n: int) -> None:
     assert len(dirs) == n and all(Path(d, "metrics.jsonl").exists() for d in dirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
 def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
     env = {}
@@ -69,8 +47,9 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
         # The password comes from the environment and must never be printed.
         env = {"HP_TEST_PG_PASSWORD": pg.PASSWORD}
         storage = server.url(password="${HP_TEST_PG_PASSWORD}")
-    path = _write(tmp_path, demo_dir, name=f"four-{kind}", n_trials=16, storage=storage,
-                  trainer=TINY)
+    # A trial of a few tenths of a second: what is measured here is the orchestration.
+    path = write_study(tmp_path, demo_dir, name=f"four-{kind}", n_trials=16, storage=storage,
+                       trainer={"train_limit": 40, "val_limit": 20, "max_epochs": 1})
     # Two GPU ids, two workers each: the pinning is visible to the trials even on CPU.
     r = hpsearch("run", str(path), "--gpus", "0,1", "--trials-per-gpu", "2", env=env)
     assert r.returncode == 0, r.stderr
@@ -79,7 +58,7 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
     if kind == "postgresql":
         assert f"{pg.USER}:***@127.0.0.1" in r.stdout
 
-    trials = _trials(path, env)
+    trials = trials_of(path, env=env)
     _assert_exact(trials, 16)
     workers = {t.system_attrs[driver.A_WORKER] for t in trials}
     assert len(workers) == 4  # every worker process took trials
@@ -91,7 +70,7 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
         again = hpsearch("worker", str(path), "--workers", "2", env=env)
         assert again.returncode == 0, again.stderr
         assert "nothing to do: 16/16" in again.stdout
-        assert len(_trials(path, env)) == 16
+        assert len(trials_of(path, env=env)) == 16
 
 
 def _worker_of(trial: optuna.trial.FrozenTrial) -> int:
@@ -102,6 +81,7 @@ def _alive(pid: int) -> bool:
     return driver._process_alive(pid)
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     """Kill one of 3 workers mid-trial, and another worker's trial process: the study still
     reaches n_trials, a survivor resumes the dead worker's trial from its checkpoint, and the
@@ -109,21 +89,19 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     # Slow enough to be caught mid-trial: ~25 optimizer steps, a checkpoint every 3.
     slow = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
-    path = _write(tmp_path, demo_dir, name="kill", n_trials=4, trainer=slow)
+    path = write_study(tmp_path, demo_dir, name="kill", n_trials=4, trainer=slow)
     proc = spawn_hpsearch("run", str(path), "--workers", "3")
     trials_dir = tmp_path / "out" / "trials"
     deadline = time.time() + 120
-    study = None
     while True:  # one snapshot: a trial with a checkpoint, and another one running
         assert time.time() < deadline, "no two trials running with a checkpoint in time"
         assert proc.poll() is None, proc.communicate()
         try:
-            study = study or driver.open_study(load_study(path))
-        except driver.ConfigError:  # not created yet
+            running = trials_of(path, states=(TrialState.RUNNING,))
+        except KeyError:  # not created yet
             time.sleep(0.2)
             continue
-        running = [t for t in study.get_trials(states=(TrialState.RUNNING,))
-                   if t.system_attrs.get(driver.A_PID, -1)
+        running = [t for t in running if t.system_attrs.get(driver.A_PID, -1)
                    not in (-1, t.system_attrs.get(driver.A_WORKER_PID))]
         steps = {t.number: list_checkpoints(trials_dir / f"trial-{t.number:04d}" / "checkpoints")
                  for t in running}
@@ -144,7 +122,7 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     assert f"(pid {worker_pid}) ended: killed by SIGKILL" in err
     assert not _alive(trial_pid)  # the trial died with its worker: nothing left training
 
-    trials = _trials(path)
+    trials = trials_of(path)
     old = trials[number]
     assert old.state == TrialState.FAIL
     assert old.system_attrs[driver.A_REASON] == driver.INTERRUPTED
@@ -164,11 +142,12 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     assert "resumed interrupted trial(s): " in out
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_path, demo_dir):
     # Long enough that neither trial can finish before both have checkpointed.
     slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
             "val_limit": 20}
-    path = _write(tmp_path, demo_dir, name="ctrl-c", n_trials=2, trainer=slow)
+    path = write_study(tmp_path, demo_dir, name="ctrl-c", n_trials=2, trainer=slow)
     proc = spawn_hpsearch("run", str(path), "--workers", "2")
     dirs = [tmp_path / "out" / "trials" / f"trial-{i:04d}" / "checkpoints" for i in (0, 1)]
     deadline = time.time() + 120
@@ -179,7 +158,7 @@ def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_pat
     proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends the foreground process
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    trials = _trials(path)
+    trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
     assert all(t.system_attrs[driver.A_REASON] == driver.INTERRUPTED for t in trials[:2])
     stopped = {t.number: int(list_checkpoints(dirs[t.number])[-1].name.split("-")[1])
@@ -187,7 +166,7 @@ def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_pat
 
     r = hpsearch("run", str(path), "--workers", "2")
     assert r.returncode == 0, r.stderr
-    trials = _trials(path)
+    trials = trials_of(path)
     assert len(trials) == 4 and [t.state for t in trials[2:]] == [TrialState.COMPLETE] * 2
     for cont in trials[2:]:
         old = trials[cont.system_attrs[driver.A_RETRY_OF]]
@@ -200,9 +179,8 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
     trials asked before it as pending (constant liar), and no two points coincide."""
     from hpsearch.backends.bayes import BayesOptSampler
 
-    d = study_dict(tmp_path, demo_dir, name="bayes-par", n_trials=20,
-                   backend={"name": "bayes", "n_random_init": 3})
-    cfg = parse_study(d)
+    cfg = study_config(tmp_path, demo_dir, name="bayes-par", n_trials=20,
+                       backend={"name": "bayes", "n_random_init": 3})
     study = driver.start_study(cfg)
     for lr in (1e-4, 1e-3, 1e-2):  # finished trials: the GP has something to fit
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 1e-2})
@@ -242,7 +220,7 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
 
 def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
     """Eight simultaneous claims on a study of three: three trials, five told there is none."""
-    cfg = parse_study(study_dict(tmp_path, demo_dir, name="race", n_trials=3))
+    cfg = study_config(tmp_path, demo_dir, name="race", n_trials=3)
     driver.start_study(cfg)
     got: list = []
     barrier = threading.Barrier(8)
@@ -258,14 +236,15 @@ def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
     for th in threads:
         th.join()
     assert sum(t is not None for t in got) == 3
-    assert len(driver.open_study(cfg).get_trials()) == 3
+    assert len(trials_of(cfg)) == 3
 
 
-def test_gpu_slots_and_bad_gpu_list(tmp_path, demo_dir):
+@pytest.mark.slow
+def test_gpu_slots_cycle_the_gpus_and_a_bad_list_or_missing_study_exits_2(tmp_path, demo_dir):
     assert gpu_slots(["0", "1"], None, 2) == ["0", "1", "0", "1"]
     assert gpu_slots(["3"], 3, 1) == ["3", "3", "3"]
     assert gpu_slots([], 2, 1) == [None, None]
-    path = _write(tmp_path, demo_dir)
+    path = write_study(tmp_path, demo_dir)
     r = hpsearch("run", str(path), "--gpus", "0,,1")
     assert r.returncode == 2 and r.stderr.startswith("error: --gpus")
     r = hpsearch("worker", str(path))

@@ -13,10 +13,10 @@ import random
 from pathlib import Path
 
 import optuna
-import yaml
+from conftest import study_config
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.config import StudyConfig, parse_study
+from hpsearch.config import StudyConfig
 from hpsearch.space import distributions
 from hpsearch.study import A_REASON, A_RETRY_OF, open_study
 
@@ -25,31 +25,33 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 TYPES = ("LOC", "ORG", "PER")
 
 
-def study_dict(tmp_path: Path, name: str = "views", storage: str = "sqlite") -> dict:
-    """A study file's settings: the demo's search space, outputs under ``tmp_path``.
+#: The demo study's search space: wide enough that the synthetic F1 bowl has its top inside.
+SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+}
+
+
+def views_settings(tmp_path: Path, name: str = "views", storage: str = "sqlite") -> dict:
+    """What a views study gives conftest's study_dict: the demo's search space and pruner,
+    outputs under ``tmp_path``, and no TINY trainer, since these studies are never trained.
 
     ``storage="journal"`` puts the study in Optuna's journal file, which takes new trials about
     fifty times faster than SQLite (no transaction per row): the big studies use it.
     """
     out = tmp_path / "runs" / name
     return {
+        "data_dir": "demo",
+        "tiny": False,
         "name": name,
         **({"storage": f"journal:{out / 'study.journal'}"} if storage == "journal" else {}),
         "n_trials": 10,
         "output_dir": str(out),
+        "backend": "optuna",
         "pruner": "median",
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True},
-            "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-        },
-        "trainer": {"data_dir": "demo", "device": "cpu"},
+        "search_space": SPACE,
+        "trainer": {"device": "cpu"},
     }
-
-
-def write_study_yaml(tmp_path: Path, name: str = "views", storage: str = "sqlite") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(study_dict(tmp_path, name, storage)), encoding="utf-8")
-    return path
 
 
 def _f1(lr: float, wd: float) -> float:
@@ -80,7 +82,7 @@ def make_synthetic_study(
     ``states``: ``mixed`` (mostly completed, every 4th pruned, every 7th failed, one resumed
     continuation), ``pruned`` (only pruned trials) or ``complete``.
     """
-    cfg = parse_study(study_dict(tmp_path, name, storage))
+    cfg = study_config(tmp_path, **views_settings(tmp_path, name, storage))
     study = open_study(cfg, create=True)
     dists = distributions(cfg.search_space)
     rng = random.Random(seed)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import cli, copy_data, tiny_study, trials
+from conftest import trials_of, write_study
+from helpers import ONE_EPOCH, cli, copy_data
 from optuna.trial import TrialState
 
 
@@ -58,7 +59,7 @@ def non_utf8_bytes(d: Path):
 def test_bad_data_file_is_one_line_naming_file_and_line_exit_2(tmp_path, demo_dir, fault):
     data = copy_data(demo_dir, tmp_path / "data")
     where, line = fault(data)
-    r = cli("run", str(tiny_study(tmp_path, data)))
+    r = cli("run", str(write_study(tmp_path, data, trainer=ONE_EPOCH)))
     assert r.exit_code == 2, r.output
     msg = r.stderr.strip()
     assert msg.count("\n") == 0 and msg.startswith("error: "), msg
@@ -68,6 +69,7 @@ def test_bad_data_file_is_one_line_naming_file_and_line_exit_2(tmp_path, demo_di
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_crlf_and_bioes_files_are_accepted_and_converted(tmp_path, demo_dir):
     data = copy_data(demo_dir, tmp_path / "data")
     for split in ("train", "val"):
@@ -86,10 +88,10 @@ def test_crlf_and_bioes_files_are_accepted_and_converted(tmp_path, demo_dir):
             out.append(" ".join(tags))
         t.write_text("\r\n".join(out) + "\r\n")
     (data / "tags.txt").unlink()  # the tag set is read from the (converted) files
-    path = tiny_study(tmp_path, data, n_trials=1)
+    path = write_study(tmp_path, data, n_trials=1, trainer=ONE_EPOCH)
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    (t,) = trials(path)
+    (t,) = trials_of(path)
     assert t.state == TrialState.COMPLETE
     per_type = t.user_attrs["best_scores"]["per_type"]
     assert set(per_type) == {"LOC", "ORG", "PER"}  # S-/E- became B-/I- of the same types

@@ -11,28 +11,20 @@ from pathlib import Path
 import optuna
 import pg
 import pytest
-import yaml
-from conftest import hpsearch, spawn_hpsearch, study_dict
+from conftest import hpsearch, spawn_hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.trainer.checkpoint import list_checkpoints
 
-pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+# Every test but the last trains; the last waits for a server that never answers.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
 
 ENV = {"HP_TEST_PG_PASSWORD": pg.PASSWORD, "HPSEARCH_DB_RETRY_SECONDS": "120"}
 
 
-def _study(tmp_path: Path, demo_dir: Path, server, name: str, **over) -> Path:
-    d = study_dict(tmp_path, demo_dir, **over)
-    d["name"] = name
-    d["storage"] = server.url(password="${HP_TEST_PG_PASSWORD}")
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(d))
-    return path
-
-
-def _trials(server, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=server.url()).get_trials()
+def _storage(server) -> str:
+    """The server's URL as a study file names it: the password comes from the environment."""
+    return server.url(password="${HP_TEST_PG_PASSWORD}")
 
 
 def _start(*args: str) -> subprocess.Popen:
@@ -50,7 +42,8 @@ def _no_password_anywhere(out_dir: Path, *texts: str) -> None:
 def test_sigkilled_worker_on_postgresql_resumes_from_its_checkpoint(tmp_path, demo_dir,
                                                                     pg_server):
     slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 4}
-    path = _study(tmp_path, demo_dir, pg_server, "faults-kill", n_trials=2, trainer=slow)
+    path = write_study(tmp_path, demo_dir, name="faults-kill", storage=_storage(pg_server),
+                       n_trials=2, trainer=slow)
     proc = _start("run", str(path))
     ckpts = tmp_path / "out" / "trials" / "trial-0000" / "checkpoints"
     deadline = time.time() + 120
@@ -59,12 +52,12 @@ def test_sigkilled_worker_on_postgresql_resumes_from_its_checkpoint(tmp_path, de
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate()
-    killed = _trials(pg_server, "faults-kill")[0]
+    killed = trials_of(path, env=ENV)[0]
     assert killed.state == TrialState.RUNNING
 
     r = hpsearch("resume", str(path), env=ENV)
     assert r.returncode == 0, r.stderr
-    ts = _trials(pg_server, "faults-kill")
+    ts = trials_of(path, env=ENV)
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     cont = next(t for t in ts if t.system_attrs.get("hpsearch:retry_of") == 0)
     assert cont.params == killed.params and cont.user_attrs["resumed_from_step"] >= 4
@@ -73,10 +66,11 @@ def test_sigkilled_worker_on_postgresql_resumes_from_its_checkpoint(tmp_path, de
 
 def test_database_restart_mid_study_loses_and_duplicates_nothing(tmp_path, demo_dir, pg_server):
     trainer = {"train_limit": 200, "val_limit": 40, "max_tokens": 512, "max_epochs": 2}
-    path = _study(tmp_path, demo_dir, pg_server, "faults-restart", n_trials=6, trainer=trainer)
+    path = write_study(tmp_path, demo_dir, name="faults-restart", storage=_storage(pg_server),
+                       n_trials=6, trainer=trainer)
     proc = _start("run", str(path), "--workers", "3")
     deadline = time.time() + 180
-    while not any(t.state == TrialState.COMPLETE for t in _trials_or_none(pg_server)):
+    while not any(t.state == TrialState.COMPLETE for t in _trials_or_none(path)):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
     pg_server.halt()  # the server goes away in the middle of running trials...
@@ -85,7 +79,7 @@ def test_database_restart_mid_study_loses_and_duplicates_nothing(tmp_path, demo_
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "unreachable" in err  # the workers waited, and said so
-    ts = _trials(pg_server, "faults-restart")
+    ts = trials_of(path, env=ENV)
     assert [t.number for t in ts] == list(range(6))
     assert [t.state for t in ts] == [TrialState.COMPLETE] * 6
     assert len({tuple(sorted(t.params.items())) for t in ts}) == 6
@@ -93,18 +87,16 @@ def test_database_restart_mid_study_loses_and_duplicates_nothing(tmp_path, demo_
     _no_password_anywhere(tmp_path / "out", out, err)
 
 
-def _trials_or_none(server) -> list[optuna.trial.FrozenTrial]:
+def _trials_or_none(path: Path) -> list[optuna.trial.FrozenTrial]:
     try:
-        return _trials(server, "faults-restart")
+        return trials_of(path, env=ENV)
     except KeyError:  # the study is not created yet
         return []
 
 
 def test_unreachable_database_is_one_line_without_the_password(tmp_path, demo_dir, pg_server):
-    path = _study(tmp_path, demo_dir, pg_server, "faults-down")
-    d = yaml.safe_load(path.read_text())
-    d["storage"] = d["storage"].replace(f":{pg_server.port}/", ":1/")  # nothing listens there
-    path.write_text(yaml.safe_dump(d))
+    down = _storage(pg_server).replace(f":{pg_server.port}/", ":1/")  # nothing listens there
+    path = write_study(tmp_path, demo_dir, name="faults-down", storage=down)
     r = hpsearch("run", str(path), env={**ENV, "HPSEARCH_DB_RETRY_SECONDS": "1"})
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli, tiny_study, trials
+from conftest import trials_of, write_study
+from helpers import cli
 from optuna.trial import TrialState
 
 from hpsearch.trainer import checkpoint as ckpt
@@ -57,12 +58,14 @@ def _fill(ballast: Path, done: threading.Event) -> None:
     done.set()
 
 
+@pytest.mark.slow
 def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path, demo_dir,
                                                                        small_disk):
-    path = tiny_study(
+    path = write_study(
         tmp_path, demo_dir, n_trials=1, output_dir=str(small_disk / "out"),
         storage=f"sqlite:///{tmp_path / 'study.db'}",
-        trainer={"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 3},
+        trainer={"train_limit": 300, "val_limit": 40, "max_tokens": 256, "max_epochs": 2,
+                 "checkpoint_every": 3},
     )
     trial_dir = small_disk / "out" / "trials" / "trial-0000"
     ballast, filled = small_disk / "ballast", threading.Event()
@@ -76,7 +79,7 @@ def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path
     msg = r.stderr.strip().splitlines()[-1]
     assert msg.startswith("error: no space left on the device") and "run again" in msg
 
-    ts = trials(path)  # the database is intact and says what happened
+    ts = trials_of(path)  # the database is intact and says what happened
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.WAITING]
     assert ts[0].system_attrs["hpsearch:fail_reason"] == "disk_full"
     good = ckpt.latest(trial_dir / "checkpoints")
@@ -87,7 +90,7 @@ def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path
     # it fails the same way and hands the same checkpoint on.
     r = cli("run", str(path))
     assert r.exit_code == 1 and "no space left" in r.stderr
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
     assert ts[1].system_attrs["hpsearch:fail_reason"] == "disk_full"
     assert ts[2].system_attrs["hpsearch:trial_dir"] == str(trial_dir)
@@ -96,7 +99,7 @@ def test_disk_full_keeps_the_checkpoint_and_the_study_and_resumes_later(tmp_path
     ballast.unlink()  # the user frees some space and runs the same command again
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
     assert ts[2].params == ts[0].params and ts[2].system_attrs["hpsearch:retry_of"] == 1
     assert ts[2].user_attrs["resumed_from_step"] == good.step
@@ -113,16 +116,18 @@ def _fill_when_any_checkpointed(trials_dir: Path, ballast: Path, done: threading
     _fill(ballast, done)
 
 
+@pytest.mark.slow
 def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, demo_dir,
                                                                      small_disk):
     """Two workers share the full disk: both stop, nothing is left RUNNING, and the next run
     resumes every trial that was cut off and ends with exactly n_trials."""
     from conftest import hpsearch
 
-    path = tiny_study(
+    path = write_study(
         tmp_path, demo_dir, n_trials=3, output_dir=str(small_disk / "out"),
         storage=f"sqlite:///{tmp_path / 'study.db'}",
-        trainer={"train_limit": 300, "max_tokens": 256, "max_epochs": 2, "checkpoint_every": 3},
+        trainer={"train_limit": 300, "val_limit": 40, "max_tokens": 256, "max_epochs": 2,
+                 "checkpoint_every": 3},
     )
     trials_dir = small_disk / "out" / "trials"
     ballast, filled = small_disk / "ballast", threading.Event()
@@ -136,7 +141,7 @@ def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, d
     msg = r.stderr.strip().splitlines()[-1]
     assert msg.startswith("error: no space left on the device") and "run again" in msg
 
-    ts = trials(path)
+    ts = trials_of(path)
     assert TrialState.RUNNING not in {t.state for t in ts}
     cut = [t for t in ts if t.state == TrialState.FAIL]
     assert cut and {t.system_attrs["hpsearch:fail_reason"] for t in cut} == {"disk_full"}
@@ -151,7 +156,7 @@ def test_disk_full_with_workers_stops_every_worker_and_resumes_later(tmp_path, d
     ballast.unlink()
     r = hpsearch("run", str(path), "--workers", "2", timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    ts = trials(path)
+    ts = trials_of(path)
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and "3/3 trials" in r.stdout
     assert TrialState.WAITING not in {t.state for t in ts}

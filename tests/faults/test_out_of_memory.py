@@ -11,11 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from helpers import cli, tiny_study, trials
+from conftest import trials_of, write_study
+from helpers import ONE_EPOCH, cli
 from optuna.trial import TrialState
 from transformers import BertForTokenClassification
 
 LIMIT = 600  # tokens a training batch may hold; the study's budget is 1024
+
+# Every test runs a study whose trials train until the limit is hit.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -32,7 +36,7 @@ def memory_limit(monkeypatch):
 
 
 def _study(tmp_path, demo_dir, **over):
-    path = tiny_study(tmp_path, demo_dir, trainer={"max_tokens": 1024}, **over)
+    path = write_study(tmp_path, demo_dir, trainer={**ONE_EPOCH, "max_tokens": 1024}, **over)
     assert yaml.safe_load(path.read_text())["trainer"]["max_tokens"] > LIMIT
     return path
 
@@ -42,7 +46,7 @@ def test_oom_fails_the_trial_with_reason_oom_and_the_study_goes_on(tmp_path, dem
     path = _study(tmp_path, demo_dir, n_trials=2)
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2
     assert all(t.system_attrs["hpsearch:fail_reason"] == "oom" for t in ts)
     assert all("out of memory" in t.user_attrs["error"] for t in ts)
@@ -55,7 +59,7 @@ def test_halve_batch_retries_once_with_half_the_token_budget(tmp_path, demo_dir,
     path = _study(tmp_path, demo_dir, n_trials=2, on_oom="halve_batch")
     r = cli("run", str(path), *(["--workers", workers] if workers else []))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     failed = [t for t in ts if t.state == TrialState.FAIL]
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert len(failed) == 2 and len(done) == 2 and len(ts) == 4  # n_trials counts the retries
@@ -74,7 +78,7 @@ def test_a_retry_that_runs_out_of_memory_again_is_not_retried_twice(tmp_path, de
     path = _study(tmp_path, demo_dir, n_trials=1, on_oom="halve_batch")
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2
     assert ts[1].system_attrs["hpsearch:retry_of"] == 0
     assert "hpsearch:retried" not in ts[1].system_attrs
@@ -86,12 +90,13 @@ def test_a_half_batch_retry_is_judged_after_as_many_sentences_as_the_others(
     2 x eval_every of its own steps and reports at the study's steps, so a pruner compares
     it with a full-batch trial at the same points of training, not after half the data."""
     over = {"n_trials": 1, "on_oom": "halve_batch"}
-    trainer = {"max_tokens": 1024, "eval_every": 3, "train_limit": 600}
+    trainer = {"train_limit": 600, "val_limit": 40, "max_epochs": 1, "max_tokens": 1024,
+               "eval_every": 3}
     (tmp_path / "plain").mkdir()
     (tmp_path / "small").mkdir()
-    plain = tiny_study(tmp_path / "plain", demo_dir, trainer=trainer, **over)
+    plain = write_study(tmp_path / "plain", demo_dir, trainer=trainer, **over)
     assert cli("run", str(plain)).exit_code == 0
-    (full,) = trials(plain)
+    (full,) = trials_of(plain)
 
     forward = BertForTokenClassification.forward
 
@@ -101,9 +106,9 @@ def test_a_half_batch_retry_is_judged_after_as_many_sentences_as_the_others(
         return forward(self, input_ids=input_ids, **kw)
 
     monkeypatch.setattr(BertForTokenClassification, "forward", limited)
-    small = tiny_study(tmp_path / "small", demo_dir, trainer=trainer, **over)
+    small = write_study(tmp_path / "small", demo_dir, trainer=trainer, **over)
     assert cli("run", str(small)).exit_code == 0
-    failed, retry = trials(small)
+    failed, retry = trials_of(small)
     assert failed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
     assert retry.system_attrs["hpsearch:trainer_overrides"] == {"max_tokens": 512}
     own_steps = retry.user_attrs["steps"]

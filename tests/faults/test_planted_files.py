@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import hpsearch
-from helpers import tiny_study, trials
+from conftest import hpsearch, trials_of, write_study
+from helpers import ONE_EPOCH
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study
@@ -27,8 +27,9 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_planted_pickle_in_the_token_cache_is_never_loaded(tmp_path, demo_dir):
-    path = tiny_study(tmp_path, demo_dir, n_trials=1)
+    path = write_study(tmp_path, demo_dir, n_trials=1, trainer=ONE_EPOCH)
     first = hpsearch("run", str(path))  # a new process: it writes the cache, not memory
     assert first.returncode == 0, first.stderr
     cache = load_study(path).out / "cache"
@@ -44,13 +45,14 @@ def test_planted_pickle_in_the_token_cache_is_never_loaded(tmp_path, demo_dir):
     r = hpsearch("run", str(path))  # a new process: nothing memoised, the cache is read
     assert r.returncode == 0, r.stderr
     assert not marker.exists()
-    assert [t.state for t in trials(path)] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in trials_of(path)] == [TrialState.COMPLETE] * 2
     for f in planted:  # rebuilt from the data, not trusted
         assert f.read_bytes()[:2] == b"PK"
 
 
 def test_planted_pickle_in_a_checkpoint_is_never_executed(tmp_path, demo_dir):
-    cfg = load_study(tiny_study(tmp_path, demo_dir)).trainer_for({"learning_rate": 3e-3})
+    path = write_study(tmp_path, demo_dir, trainer=ONE_EPOCH)
+    cfg = load_study(path).trainer_for({"learning_rate": 3e-3})
     prep = prepare(cfg, demo_dir, tmp_path / "cache")
     with pytest.raises(Interrupted):
         train(cfg, prep, tmp_path / "t", should_stop=lambda: True)

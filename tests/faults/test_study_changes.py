@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
-from helpers import cli, tiny_study, trials
+from conftest import trials_of, write_study
+from helpers import ONE_EPOCH, cli
 from optuna.trial import TrialState
+
+# Every test runs a study before changing it.
+pytestmark = pytest.mark.slow
 
 
 def test_two_study_files_one_study_name_different_spaces_is_refused(tmp_path, demo_dir):
-    first = tiny_study(tmp_path, demo_dir, n_trials=1)
+    first = write_study(tmp_path, demo_dir, n_trials=1, trainer=ONE_EPOCH)
     assert cli("run", str(first)).exit_code == 0
     d = yaml.safe_load(first.read_text())
     d["search_space"]["warmup_ratio"] = {"type": "float", "low": 0.0, "high": 0.2}
@@ -21,11 +26,11 @@ def test_two_study_files_one_study_name_different_spaces_is_refused(tmp_path, de
     assert msg.count("\n") == 0 and "study 't' was run with other settings" in msg
     assert "search_space.warmup_ratio" in msg
     # Nothing started, nothing lost.
-    assert [t.state for t in trials(first)] == [TrialState.COMPLETE]
+    assert [t.state for t in trials_of(first)] == [TrialState.COMPLETE]
 
 
 def test_edited_study_file_is_refused_unless_allow_changes(tmp_path, demo_dir):
-    path = tiny_study(tmp_path, demo_dir, n_trials=1)
+    path = write_study(tmp_path, demo_dir, n_trials=1, trainer=ONE_EPOCH)
     assert cli("run", str(path)).exit_code == 0
     d = yaml.safe_load(path.read_text())
     d["n_trials"] = 2
@@ -37,8 +42,8 @@ def test_edited_study_file_is_refused_unless_allow_changes(tmp_path, demo_dir):
     assert r.exit_code == 2
     assert "search_space.learning_rate.high: 0.01 -> 0.05" in r.stderr
     assert "trainer.max_epochs: 1 -> 2" in r.stderr
-    assert len(trials(path)) == 1
+    assert len(trials_of(path)) == 1
 
     r = cli("run", str(path), "--allow-changes")
     assert r.exit_code == 0, r.output
-    assert [t.state for t in trials(path)] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in trials_of(path)] == [TrialState.COMPLETE] * 2

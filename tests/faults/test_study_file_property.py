@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,12 +47,14 @@ def _check(data) -> None:
     assert isinstance(cfg, StudyConfig)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(keys, values, max_size=8))
 def test_any_mapping_loads_or_is_one_config_error_line(data):
     _check(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(keys, values, max_size=4), st.sampled_from(sorted(VALID)))
 def test_a_valid_study_with_any_field_replaced_loads_or_is_one_line(extra, drop):

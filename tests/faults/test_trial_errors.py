@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
-from helpers import cli, tiny_study, trials
+from conftest import trials_of, write_study
+from helpers import ONE_EPOCH, cli
 from optuna.trial import TrialState
 
 from hpsearch.config import ScratchModel
@@ -27,13 +29,14 @@ def _short_context_model(tmp_path: Path, data_dir: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_trial_that_raises_fails_with_its_traceback_and_the_study_goes_on(tmp_path, demo_dir):
     folder = _short_context_model(tmp_path, demo_dir)
-    path = tiny_study(tmp_path, demo_dir, n_trials=2,
-                      trainer={"model": str(folder), "max_length": 64})
+    path = write_study(tmp_path, demo_dir, n_trials=2,
+                       trainer={**ONE_EPOCH, "model": str(folder), "max_length": 64})
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2  # the second ran after the first failed
     for t in ts:
         assert t.system_attrs["hpsearch:fail_reason"] == "error"
@@ -47,14 +50,16 @@ def test_a_trial_that_raises_fails_with_its_traceback_and_the_study_goes_on(tmp_
     assert len(fail_rows) == 2 and all("error: RuntimeError" in ln for ln in fail_rows)
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_stops_with_reason_nan_loss(tmp_path, demo_dir):
-    path = tiny_study(tmp_path, demo_dir, n_trials=2, trainer={"max_grad_norm": None})
+    path = write_study(tmp_path, demo_dir, n_trials=2,
+                       trainer={**ONE_EPOCH, "max_grad_norm": None})
     d = yaml.safe_load(path.read_text())
     d["search_space"]["learning_rate"] = {"type": "float", "low": 1e5, "high": 1e7, "log": True}
     path.write_text(yaml.safe_dump(d))
     r = cli("run", str(path))
     assert r.exit_code == 0, r.output
-    ts = trials(path)
+    ts = trials_of(path)
     assert [t.state for t in ts] == [TrialState.FAIL] * 2
     for t in ts:
         assert t.system_attrs["hpsearch:fail_reason"] == "nan_loss"
@@ -65,12 +70,13 @@ def test_a_diverging_trial_stops_with_reason_nan_loss(tmp_path, demo_dir):
 
 
 def test_a_model_that_cannot_be_found_is_one_line_before_any_trial(tmp_path, demo_dir):
-    path = tiny_study(tmp_path, demo_dir, trainer={"model": str(tmp_path / "no-such-model")})
+    path = write_study(tmp_path, demo_dir,
+                       trainer={**ONE_EPOCH, "model": str(tmp_path / "no-such-model")})
     r = cli("run", str(path))
     assert r.exit_code == 2
     msg = r.stderr.strip()
     assert msg.count("\n") == 0 and "no-such-model" in msg, msg
-    assert trials(path) == []
+    assert trials_of(path) == []
 
 
 def test_a_model_folder_without_tokenizer_is_one_line_before_any_trial(tmp_path, demo_dir):
@@ -78,9 +84,9 @@ def test_a_model_folder_without_tokenizer_is_one_line_before_any_trial(tmp_path,
     for f in folder.iterdir():
         if "token" in f.name or f.name in ("vocab.txt", "special_tokens_map.json"):
             f.unlink()
-    path = tiny_study(tmp_path, demo_dir, trainer={"model": str(folder)})
+    path = write_study(tmp_path, demo_dir, trainer={**ONE_EPOCH, "model": str(folder)})
     r = cli("run", str(path))
     assert r.exit_code == 2
     msg = r.stderr.strip()
     assert msg.count("\n") == 0 and str(folder) in msg, msg
-    assert trials(path) == []
+    assert trials_of(path) == []
