@@ -6,9 +6,8 @@ import errno
 
 import sqlalchemy.exc as sa
 
-from hpsearch.errors import root_cause
+from hpsearch.errors import is_disk_full, root_cause
 from hpsearch.storage import is_outage
-from hpsearch.study import is_disk_full
 
 
 def _wrapped(inner: BaseException) -> RuntimeError:

@@ -11,8 +11,8 @@ import torch
 from hpsearch.config import ScratchModel, TrainerConfig
 from hpsearch.trainer.batching import collate, make_batches, padded
 from hpsearch.trainer.data import read_data
+from hpsearch.trainer.evaluation import evaluate
 from hpsearch.trainer.features import IGNORE, Encoded, encode, encode_cached, words_of_windows
-from hpsearch.trainer.loop import evaluate
 from hpsearch.trainer.modeling import build_model, train_wordpiece
 
 

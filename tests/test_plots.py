@@ -15,8 +15,8 @@ from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch import plots
 from hpsearch.config import ConfigError, parse_study
+from hpsearch.opening import open_study
 from hpsearch.plots import ExportError, figures, write_report
-from hpsearch.study import open_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

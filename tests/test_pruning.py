@@ -15,10 +15,14 @@ import pytest
 from conftest import study_config, trials_of
 from optuna.trial import TrialState
 
-from hpsearch import study as hs
 from hpsearch.backends.bayes import BayesOptSampler, _Axis
+from hpsearch.errors import StudyInterrupted
+from hpsearch.opening import data_dir, open_study
 from hpsearch.pruners import make_pruner
+from hpsearch.recovery import queue_continuation
+from hpsearch.study import run
 from hpsearch.trainer import prepare
+from hpsearch.trial import run_trial
 
 GOOD, BAD = 1e-2, 1e-6
 
@@ -29,7 +33,7 @@ SPACE = {"learning_rate": {"type": "float", "low": 1e-6, "high": 0.3, "log": Tru
 
 def _enqueue(cfg, lrs: list[float]) -> None:
     cfg.out.mkdir(parents=True, exist_ok=True)
-    study = hs.open_study(cfg, create=True)
+    study = open_study(cfg, create=True)
     for lr in lrs:
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 0.01})
 
@@ -40,7 +44,7 @@ def test_bad_learning_rates_are_pruned_and_recorded(tmp_path, demo_dir):
     cfg = study_config(tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 2},
                        search_space=SPACE, trainer={"eval_every": 4}, n_trials=4, keep="all")
     _enqueue(cfg, [GOOD, 2 * GOOD, BAD, 10 * BAD])
-    hs.run(cfg)
+    run(cfg)
     trials = trials_of(cfg)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
     # One step scale for every trial: optimizer steps, every eval_every and at the last step.
@@ -65,7 +69,7 @@ def test_threshold_prunes_a_trial_below_its_bound(tmp_path, demo_dir):
     cfg = study_config(tmp_path, demo_dir, pruner=pruner, search_space=SPACE,
                        trainer={"eval_every": 4}, n_trials=2)
     _enqueue(cfg, [BAD, GOOD])
-    hs.run(cfg)
+    run(cfg)
     bad, good = trials_of(cfg)
     assert bad.state == TrialState.PRUNED
     # Below the bound from the start, but judged only once the warm-up is over.
@@ -88,7 +92,7 @@ def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
     ref_cfg = study_config(tmp_path / "ref", demo_dir, pruner=pruner, search_space=SPACE,
                            trainer={"eval_every": 4}, n_trials=2)
     _enqueue(ref_cfg, [GOOD, BAD])
-    hs.run(ref_cfg)
+    run(ref_cfg)
     good, ref = trials_of(ref_cfg)
     assert ref.state == TrialState.PRUNED, f"precondition: {ref.intermediate_values} vs " \
         f"{good.intermediate_values}"
@@ -97,13 +101,13 @@ def test_resumed_trial_is_judged_on_its_whole_curve(tmp_path, demo_dir):
     cfg = study_config(tmp_path / "cut", demo_dir, pruner=pruner, search_space=SPACE,
                        trainer={"eval_every": 4}, n_trials=2)
     _enqueue(cfg, [GOOD, BAD])
-    study = hs.open_study(cfg)
-    prep = prepare(cfg.trainer, hs.data_dir(cfg), cfg.out / "cache")
-    hs.run_trial(study, study.ask(), cfg, prep)
+    study = open_study(cfg)
+    prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
+    run_trial(study, study.ask(), cfg, prep)
     steps = iter(range(1, 10**6))
-    with pytest.raises(hs.StudyInterrupted):  # what the first Ctrl-C does, after step 8
-        hs.run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= 8)
-    hs.run(cfg)  # what `hpsearch run` does next: the continuation resumes at step 8
+    with pytest.raises(StudyInterrupted):  # what the first Ctrl-C does, after step 8
+        run_trial(study, study.ask(), cfg, prep, stop=lambda: next(steps) >= 8)
+    run(cfg)  # what `hpsearch run` does next: the continuation resumes at step 8
 
     _, first, cont = trials_of(cfg)
     assert first.system_attrs["hpsearch:fail_reason"] == "interrupted"
@@ -130,7 +134,7 @@ def test_bayes_backend_prunes_and_its_gp_sees_last_f1_or_nothing(tmp_path, demo_
                        search_space=SPACE, trainer={"eval_every": 4}, n_trials=4,
                        backend={"name": "bayes", "n_random_init": 2})
     _enqueue(cfg, [GOOD, BAD, 2 * BAD])  # the fourth trial is the GP's own proposal
-    hs.run(cfg)
+    run(cfg)
     trials = trials_of(cfg)
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] + [TrialState.PRUNED] * 2
     assert trials[3].system_attrs["hpsearch:sampled_by"] == "bayes_opt"
@@ -237,7 +241,7 @@ def test_a_resumed_trial_stays_in_its_hyperband_bracket(tmp_path):
         study.tell(t, state=TrialState.FAIL)  # killed; a later run resumes it, twice
         line = [first]
         for _ in range(2):
-            hs.queue_continuation(study, study._storage.get_trial(line[-1]._trial_id))
+            queue_continuation(study, study._storage.get_trial(line[-1]._trial_id))
             cont = study.ask()
             line.append(study._storage.get_trial(cont._trial_id))
             study.tell(cont, state=TrialState.FAIL)
@@ -260,12 +264,12 @@ def test_a_searched_batch_size_is_judged_after_the_same_data(tmp_path, demo_dir)
         tmp_path, demo_dir, pruner={"name": "median", "n_startup_trials": 1}, n_trials=2,
         trainer={"eval_every": 4, "max_tokens": 1024}, search_space=space)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    study = hs.open_study(cfg, create=True)
+    study = open_study(cfg, create=True)
     for budget in (1024, 512):
         study.enqueue_trial({"learning_rate": GOOD, "weight_decay": 0.01, "max_tokens": budget})
     assert cfg.trainer_for({"max_tokens": 512}).eval_every == 8
     assert cfg.trainer_for({"max_tokens": 2048}).eval_every == 2
-    hs.run(cfg)
+    run(cfg)
     full, half = trials_of(cfg)
     assert [t.state for t in (full, half)] == [TrialState.COMPLETE] * 2
     assert half.user_attrs["steps"] > 1.5 * full.user_attrs["steps"]

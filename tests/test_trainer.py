@@ -11,7 +11,7 @@ from conftest import SHARED_DATA, TINY, hpsearch, write_study
 
 from hpsearch.config import ScratchModel, TrainerConfig
 from hpsearch.trainer import prepare, train
-from hpsearch.trainer.loop import lr_at
+from hpsearch.trainer.optim import lr_at
 
 
 def _cfg(data_dir: Path, **kw) -> TrainerConfig:
@@ -121,21 +121,22 @@ def test_trial_one_builds_the_data_later_trials_skip_it(demo_dir, tmp_path):
     """A study tokenises once: trial 2 logs well under a second of data work, as does a new
     process, which reads the disk cache instead of tokenising again."""
     from hpsearch.config import load_study
-    from hpsearch.study import run, trial_dir
+    from hpsearch.study import run
     from hpsearch.trainer import inputs
+    from hpsearch.trainer.trial_dir import trial_dir
 
     path = write_study(tmp_path, demo_dir, n_trials=2,
                        trainer={"max_epochs": 1, "train_limit": 200, "val_limit": 50})
     cfg = load_study(path)
     inputs._MEMO.clear()
     run(cfg)
-    first = _logged_data(trial_dir(cfg, 0) / "train.log")
-    second = _logged_data(trial_dir(cfg, 1) / "train.log")
+    first = _logged_data(trial_dir(cfg.out, 0) / "train.log")
+    second = _logged_data(trial_dir(cfg.out, 1) / "train.log")
     assert first[1] == "built" and second[1] == "memory"
     assert second[0] < 1.0
     inputs._MEMO.clear()  # as in a second `hpsearch run` of the study
     run(cfg.model_copy(update={"n_trials": 3}))
-    third = _logged_data(trial_dir(cfg, 2) / "train.log")
+    third = _logged_data(trial_dir(cfg.out, 2) / "train.log")
     assert third[1] == "disk cache" and third[0] < 1.0
 
 

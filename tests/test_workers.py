@@ -17,8 +17,22 @@ import pytest
 from conftest import hpsearch, spawn_hpsearch, study_config, trials_of, write_study
 from optuna.trial import TrialState
 
-from hpsearch import study as driver
+from hpsearch.attrs import (
+    A_DIR,
+    A_PID,
+    A_REASON,
+    A_RETRY_OF,
+    A_WORKER,
+    A_WORKER_PID,
+    INTERRUPTED,
+    counts_toward_total,
+)
+from hpsearch.opening import open_study
+from hpsearch.recovery import process_alive
+from hpsearch.space import suggest
+from hpsearch.study import start_study
 from hpsearch.trainer.checkpoint import list_checkpoints
+from hpsearch.trial import claim_trial
 from hpsearch.workers import gpu_slots
 
 # Claims outside Study.optimize: Optuna's heartbeat warning is expected and says nothing here.
@@ -31,7 +45,7 @@ def _assert_exact(trials, n: int) -> None:
     assert [t.state for t in trials] == [TrialState.COMPLETE] * n
     points = {tuple(sorted(t.params.items())) for t in trials}
     assert len(points) == n  # no two trials with the same parameters
-    dirs = {t.system_attrs[driver.A_DIR] for t in trials}
+    dirs = {t.system_attrs[A_DIR] for t in trials}
     assert len(dirs) == n and all(Path(d, "metrics.jsonl").exists() for d in dirs)
 
 
@@ -60,9 +74,9 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
 
     trials = trials_of(path, env=env)
     _assert_exact(trials, 16)
-    workers = {t.system_attrs[driver.A_WORKER] for t in trials}
+    workers = {t.system_attrs[A_WORKER] for t in trials}
     assert len(workers) == 4  # every worker process took trials
-    seen = {t.system_attrs[driver.A_WORKER]: t.system_attrs["hpsearch:cuda_visible_devices"]
+    seen = {t.system_attrs[A_WORKER]: t.system_attrs["hpsearch:cuda_visible_devices"]
             for t in trials}
     assert sorted(seen.values()) == ["0", "0", "1", "1"]
 
@@ -74,11 +88,11 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
 
 
 def _worker_of(trial: optuna.trial.FrozenTrial) -> int:
-    return int(trial.system_attrs[driver.A_WORKER_PID])
+    return int(trial.system_attrs[A_WORKER_PID])
 
 
 def _alive(pid: int) -> bool:
-    return driver._process_alive(pid)
+    return process_alive(pid)
 
 
 @pytest.mark.slow
@@ -101,8 +115,8 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
         except KeyError:  # not created yet
             time.sleep(0.2)
             continue
-        running = [t for t in running if t.system_attrs.get(driver.A_PID, -1)
-                   not in (-1, t.system_attrs.get(driver.A_WORKER_PID))]
+        running = [t for t in running if t.system_attrs.get(A_PID, -1)
+                   not in (-1, t.system_attrs.get(A_WORKER_PID))]
         steps = {t.number: list_checkpoints(trials_dir / f"trial-{t.number:04d}" / "checkpoints")
                  for t in running}
         ready = [t for t in running if steps[t.number]
@@ -113,9 +127,9 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
             break
         time.sleep(0.05)
     number, step = killed.number, int(steps[killed.number][-1].name.split("-")[1])
-    worker_pid, trial_pid = _worker_of(killed), int(killed.system_attrs[driver.A_PID])
+    worker_pid, trial_pid = _worker_of(killed), int(killed.system_attrs[A_PID])
     os.kill(worker_pid, signal.SIGKILL)
-    os.kill(int(crash.system_attrs[driver.A_PID]), signal.SIGKILL)  # as the OOM killer would
+    os.kill(int(crash.system_attrs[A_PID]), signal.SIGKILL)  # as the OOM killer would
 
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
@@ -125,8 +139,8 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     trials = trials_of(path)
     old = trials[number]
     assert old.state == TrialState.FAIL
-    assert old.system_attrs[driver.A_REASON] == driver.INTERRUPTED
-    (cont,) = [t for t in trials if t.system_attrs.get(driver.A_RETRY_OF) == number]
+    assert old.system_attrs[A_REASON] == INTERRUPTED
+    (cont,) = [t for t in trials if t.system_attrs.get(A_RETRY_OF) == number]
     assert cont.state == TrialState.COMPLETE and cont.params == old.params
     assert cont.user_attrs["resumed_from_step"] >= step  # from the checkpoint, not step 0
     assert _worker_of(cont) != worker_pid  # a survivor ran it
@@ -136,7 +150,7 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     assert "killed by SIGKILL" in crashed.user_attrs["error"]
     assert any(_worker_of(t) == _worker_of(crash) for t in trials[crash.number + 1:])
 
-    counted = [t for t in trials if driver.counts_toward_total(t)]
+    counted = [t for t in trials if counts_toward_total(t)]
     assert len(counted) == 4 and len(trials) == 5  # the killed attempt does not count
     assert sorted(t.state.name for t in counted) == ["COMPLETE"] * 3 + ["FAIL"]
     assert "resumed interrupted trial(s): " in out
@@ -160,7 +174,7 @@ def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_pat
     assert proc.returncode == 130, err
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
-    assert all(t.system_attrs[driver.A_REASON] == driver.INTERRUPTED for t in trials[:2])
+    assert all(t.system_attrs[A_REASON] == INTERRUPTED for t in trials[:2])
     stopped = {t.number: int(list_checkpoints(dirs[t.number])[-1].name.split("-")[1])
                for t in trials[:2]}
 
@@ -169,7 +183,7 @@ def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_pat
     trials = trials_of(path)
     assert len(trials) == 4 and [t.state for t in trials[2:]] == [TrialState.COMPLETE] * 2
     for cont in trials[2:]:
-        old = trials[cont.system_attrs[driver.A_RETRY_OF]]
+        old = trials[cont.system_attrs[A_RETRY_OF]]
         assert cont.params == old.params
         assert cont.user_attrs["resumed_from_step"] == stopped[old.number]
 
@@ -181,11 +195,11 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
 
     cfg = study_config(tmp_path, demo_dir, name="bayes-par", n_trials=20,
                        backend={"name": "bayes", "n_random_init": 3})
-    study = driver.start_study(cfg)
+    study = start_study(cfg)
     for lr in (1e-4, 1e-3, 1e-2):  # finished trials: the GP has something to fit
         study.enqueue_trial({"learning_rate": lr, "weight_decay": 1e-2})
         t = study.ask()
-        driver.suggest(t, cfg.search_space)
+        suggest(t, cfg.search_space)
         study.tell(t, -abs(math.log10(lr) + 2.5))
 
     pending_seen: list[int] = []
@@ -200,9 +214,9 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
     barrier = threading.Barrier(6)
 
     def worker() -> None:
-        own = driver.open_study(cfg)  # a study object per worker, as in separate processes
+        own = open_study(cfg)  # a study object per worker, as in separate processes
         barrier.wait()
-        driver.claim_trial(own, cfg)
+        claim_trial(own, cfg)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for th in threads:
@@ -221,14 +235,14 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
 def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
     """Eight simultaneous claims on a study of three: three trials, five told there is none."""
     cfg = study_config(tmp_path, demo_dir, name="race", n_trials=3)
-    driver.start_study(cfg)
+    start_study(cfg)
     got: list = []
     barrier = threading.Barrier(8)
 
     def worker() -> None:
-        own = driver.open_study(cfg)
+        own = open_study(cfg)
         barrier.wait()
-        got.append(driver.claim_trial(own, cfg)[0])
+        got.append(claim_trial(own, cfg)[0])
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for th in threads:

@@ -16,9 +16,10 @@ import optuna
 from conftest import study_config
 from optuna.trial import TrialState, create_trial
 
+from hpsearch.attrs import A_REASON, A_RETRY_OF
 from hpsearch.config import StudyConfig
+from hpsearch.opening import open_study
 from hpsearch.space import distributions
-from hpsearch.study import A_REASON, A_RETRY_OF, open_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
