@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -224,10 +225,16 @@ def _record_success(study: optuna.Study, trial: optuna.Trial, result) -> None:
         ("tokens_per_second", round(result.tokens_per_second, 1)),
         ("data_seconds", round(result.data_seconds, 3)),
         ("resumed_from_step", result.resumed_from_step),
+        ("startup_seconds", result.startup_seconds and round(result.startup_seconds, 3)),
+        ("first_step_at", result.first_step_at),
         ("best_scores", {k: v for k, v in result.best_scores.items()
                          if isinstance(v, (int, float, dict))}),
     ):
         trial.set_user_attr(k, v)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        # the process's peak: a fused array's, shared by its members
+        trial.set_user_attr("peak_gpu_bytes", int(torch.cuda.max_memory_allocated()))
     study.tell(trial, result.value)
 
 

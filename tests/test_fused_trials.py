@@ -7,6 +7,7 @@ fused study and its solo twin train exactly the same trials, in the same order.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -187,3 +188,27 @@ def test_a_search_that_changes_batch_shapes_refuses_fusion_in_one_line(tmp_path,
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "search_space.max_tokens" in lines[0] and "fuse" in lines[0]
     assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_ctrl_c_checkpoints_every_member_exits_130_and_the_next_run_finishes(
+        tmp_path, demo_dir):
+    slow = {"max_tokens": 256, "checkpoint_every": 3, "eval_every": 12}
+    path = _study(tmp_path, demo_dir, "stopped", PARAMS, fuse=3, trainer=slow)
+    p = spawn_hpsearch("run", str(path))
+    trials_dir = path.parent / "out" / "trials"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(trials_dir.glob("trial-*/metrics.jsonl"))) < 3:
+        assert p.poll() is None, p.communicate()
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted" in err
+    first = trials_of(path)
+    assert [t.system_attrs.get("hpsearch:fail_reason") for t in first[:3]] == ["interrupted"] * 3
+    assert all(list((trials_dir / f"trial-{n:04d}" / "checkpoints").glob("step-*"))
+               for n in range(3))
+    r = hpsearch("run", str(path))
+    assert r.returncode == 0, r.stderr
+    done = [t for t in trials_of(path) if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.user_attrs["resumed_from_step"] > 0 for t in done)

@@ -94,7 +94,10 @@ class _Member:
     resumed_from: int | None = None
     data_seconds: float = 0.0
     t_start: float = field(default_factory=time.perf_counter)
+    t_enter: float = field(default_factory=time.perf_counter)
     checked: int = 0
+    startup_seconds: float | None = None
+    first_step_at: float | None = None
 
 
 def train_fused(
@@ -106,7 +109,6 @@ def train_fused(
     should_stop: Callable[[], bool] = lambda: False,
     metric: str = "f1",
     maximize: bool = True,
-    note: Callable[[str], None] = lambda msg: None,
 ) -> None:
     """Train the feed's trials ``k`` at a time until it has none left; raises ``Interrupted``
     (every member checkpointed) on a stop request."""
@@ -146,14 +148,21 @@ def train_fused(
                     array.checkpoint(slot)
             except (TrialStopped, TrialPrunedAt) as e:
                 array.finish(slot, feed, e)
-        if array.first_step is None:
-            array.first_step = time.perf_counter() - t0
-            note(f"fused array of {k}: first step {array.first_step:.1f}s after start")
+        for _, m in array.members():
+            if m.first_step_at is None:  # the array's start-up, or a refill's (none)
+                first = array.steps == 1
+                m.startup_seconds = time.perf_counter() - (t0 if first else m.t_enter)
+                m.first_step_at = time.time()
+                m.log.info("first step done %.1fs after the %s", m.startup_seconds,
+                           "array started" if first else "trial took its slot")
         # ---- a requested stop checkpoints every member and leaves
         if should_stop():
             for slot, _ in array.members():
-                array.check_finite(slot)
-                array.checkpoint(slot)
+                try:
+                    array.check_finite(slot)
+                    array.checkpoint(slot)
+                except TrialStopped as e:
+                    array.finish(slot, feed, e)
             raise Interrupted(f"stopped; {len(array.members())} fused trials checkpointed")
 
 
@@ -175,6 +184,7 @@ class _Array:
         if self.plan.cpu_kernels:
             use_cpu_kernels(template)
         self.initial = {n: t.detach().clone() for n, t in template.state_dict().items()}
+        self.template = template
         self.model = FusedModel([template] * k).to(self.device)
         self.model.train()
         self.optimizer = FusedAdamW(self.model, weight_decay=base.weight_decay,
@@ -185,7 +195,7 @@ class _Array:
         self.slots: list[_Member | None] = [None] * k
         self.nonfinite = torch.zeros(k, dtype=torch.bool, device=self.device)
         self.sync_every = self.plan.sync_every or 10
-        self.first_step: float | None = None
+        self.steps = 0  # steps the array has taken, whoever was in its slots
         self._batches: dict[tuple, list[np.ndarray]] = {}
         self._last_losses = torch.zeros(k)
 
@@ -205,7 +215,11 @@ class _Array:
     # ----------------------------------------------------------------------------- slots
 
     def fill(self, feed: Feed) -> bool:
-        """Give every empty slot the feed's next trial; False once no slot has one."""
+        """Give every empty slot the feed's next trial; False once no slot has one.
+
+        When the feed has no trial left for a slot, the array shrinks to the slots it still
+        uses: at the tail of a study an empty slot would cost as much as a full one.
+        """
         for slot in range(self.k):
             while self.slots[slot] is None:
                 job = feed.next_job()
@@ -216,7 +230,30 @@ class _Array:
                 except Exception as e:  # its checkpoint does not fit, say: it alone fails
                     self._close(slot, job)
                     feed.done(job, None, e)
-        return any(m is not None for m in self.slots)
+            if self.slots[slot] is None:
+                break
+        live = [i for i, m in enumerate(self.slots) if m is not None]
+        if live and len(live) < self.k:
+            self._shrink(live)
+        return bool(live)
+
+    def _shrink(self, live: list[int]) -> None:
+        """A fused model of the ``live`` members only, each carrying on exactly where it was."""
+        members = [(self.slots[i], self.model.member_state_dict(i),
+                    self.optimizer.member_state_dict(i)) for i in live]
+        self.k = len(live)
+        self.model = FusedModel([self.template] * self.k).to(self.device)
+        self.model.train()
+        self.optimizer = FusedAdamW(self.model, weight_decay=self.base.weight_decay,
+                                    betas=(self.base.adam_beta1, self.base.adam_beta2),
+                                    eps=self.base.adam_epsilon, lr=self.base.learning_rate)
+        for new, (m, weights, opt) in enumerate(members):
+            self.model.load_member_state_dict(new, weights)
+            self.model.set_dropout(new, m.job.cfg.dropout)
+            self.optimizer.load_member_state_dict(new, opt)
+        self.nonfinite = self.nonfinite[live].clone()
+        self.slots = [m for m, _, _ in members]
+        self._lrs = [self._lrs[i] for i in live] if hasattr(self, "_lrs") else []
 
     def _start(self, slot: int, job: Job) -> None:
         cfg = job.cfg
@@ -276,7 +313,8 @@ class _Array:
                 steps=st.step, train_tokens=st.train_tokens, train_seconds=st.train_seconds,
                 tokens_per_second=st.train_tokens / max(st.train_seconds, 1e-9),
                 data_seconds=m.data_seconds, resumed_from_step=m.resumed_from,
-                history=st.history)
+                history=st.history, startup_seconds=m.startup_seconds,
+                first_step_at=m.first_step_at)
         self._close(slot, m.job)
         feed.done(m.job, result, error)
 
@@ -304,6 +342,7 @@ class _Array:
                for m in self.slots]
         self.optimizer.step(lrs, active)
         self.optimizer.zero_grad()
+        self.steps += 1
         for _, m in self.members():
             st = m.st
             st.step += 1

@@ -80,6 +80,8 @@ class TrialResult:
     data_seconds: float
     resumed_from_step: int | None
     history: list[list[float]] = field(default_factory=list)
+    startup_seconds: float | None = None  # from the trainer's start to its first step's end
+    first_step_at: float | None = None  # wall clock of that moment
 
 
 @dataclass
@@ -120,6 +122,7 @@ def train(
     """Train one trial. ``on_step(step, train_tokens)`` runs after every optimizer step."""
     from tqdm.auto import tqdm
 
+    t_enter = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     log, handler = trial_logger(out_dir)
     try:
@@ -140,6 +143,8 @@ def train(
             while st.step < run.total:
                 # ---- set the learning rate; forward, backward, clip, update
                 lr, loss, grad_norm, n_tokens = run.step()
+                if run.first_step_at is None:
+                    run.started(time.perf_counter() - t_enter)
                 window[0] += n_tokens
                 epoch_done = st.batch == 0
                 bar.update(1)
@@ -298,6 +303,13 @@ class _Training:
         # every step would make the CPU wait for the GPU each time.
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self.checked = 0
+        self.startup_seconds: float | None = None
+        self.first_step_at: float | None = None
+
+    def started(self, seconds: float) -> None:
+        """The first step is done: what it took to get here (data, model, compile) is logged."""
+        self.startup_seconds, self.first_step_at = seconds, time.time()
+        self.log.info("first step done %.1fs after the trial started", seconds)
 
     # ----------------------------------------------------------------------------- batches
 
@@ -411,4 +423,6 @@ class _Training:
             data_seconds=self.data_seconds,
             resumed_from_step=resumed_from,
             history=st.history,
+            startup_seconds=self.startup_seconds,
+            first_step_at=self.first_step_at,
         )
