@@ -48,6 +48,7 @@ def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial
     return study._storage.get_trial(trial._trial_id)
 
 
+@pytest.mark.slow
 def test_samples_stay_in_bounds_and_keep_types():
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", 1e-6, 1e-2, log=True)
@@ -88,6 +89,7 @@ def test_single_valued_and_categorical_params_are_not_modelled():
     assert list(space) == ["x"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_sequence_different_seed_different():
     def params(seed: int) -> list[dict]:
         return [t.params for t in run(BayesOptSampler(seed=seed), bowl, n_trials=12).trials]

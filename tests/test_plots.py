@@ -179,6 +179,7 @@ def test_missing_study_is_a_config_error(tmp_path):
         write_report(cfg)
 
 
+@pytest.mark.slow
 def test_500_trials_under_five_seconds(tmp_path):
     cfg, _ = make_synthetic_study(tmp_path, 500, storage="journal")
     # CPU seconds of this process: what the report costs, whatever else the machine runs.
