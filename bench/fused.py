@@ -23,13 +23,15 @@ CPU (the demo study's tiny BERT, one thread per process, 2 cores):
 GPU (a bert-base shape on MSRA, bf16, 32 sentences a step per member):
 
     .venv/bin/python bench/fused.py --device cuda --study studies/msra-bert.yaml \\
-        --data ../shared/data/msra --ks 1,2,4,8,16
+        --scratch-base --data ../shared/data/msra --batch-size 32 --max-steps 200 \\
+        --val-limit 200 --ks 1,2,4,8,16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -56,9 +58,16 @@ def arm_study(base: Path, out: Path, params: list[dict], args) -> Path:
         trainer.update(device=args.device)
     if args.data:
         trainer["data_dir"] = str(Path(args.data).resolve())
-    for key in ("max_epochs", "train_limit", "val_limit", "max_steps"):
+    for key in ("max_epochs", "train_limit", "val_limit", "max_steps", "batch_size"):
         if getattr(args, key) is not None:
             trainer[key] = getattr(args, key)
+    if args.max_steps:
+        trainer.update(eval_every=args.max_steps, early_stopping=None)
+    if args.scratch_base:  # no pretrained weights on the machine: bert-base's shape
+        trainer["model"] = "scratch"
+        trainer["scratch"] = {"hidden_size": 768, "num_hidden_layers": 12,
+                              "num_attention_heads": 12, "intermediate_size": 3072,
+                              "vocab_size": 21128}
     if args.dropout0:
         trainer["dropout"] = 0.0
         scratch = trainer.setdefault("scratch", {})
@@ -108,6 +117,18 @@ def run_arm(name: str, study: Path, extra: list[str], timeout: float) -> dict:
     }
 
 
+def spread(cfg, n: int) -> list[dict]:
+    """N fixed points over the study's learning-rate and weight-decay ranges (log-spaced,
+    weight decay cycling through three values): a study, not a lucky pair."""
+    def at(name: str, frac: float) -> float:
+        p = cfg.search_space[name]
+        lo, hi = math.log10(p.low), math.log10(p.high)
+        return 10 ** (lo + (hi - lo) * frac)
+
+    return [{"learning_rate": at("learning_rate", 0.15 + 0.7 * i / max(1, n - 1)),
+             "weight_decay": at("weight_decay", (i % 3) / 2)} for i in range(n)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--study", type=Path, default=REPO / "studies" / "demo.yaml")
@@ -119,17 +140,22 @@ def main() -> int:
     ap.add_argument("--train-limit", type=int, default=None)
     ap.add_argument("--val-limit", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="sentences a step per member (default: the study's token budget)")
+    ap.add_argument("--scratch-base", action="store_true",
+                    help="bert-base's shape from scratch instead of the study's model")
     ap.add_argument("--no-procs", action="store_true", help="skip the K-process arms")
     ap.add_argument("--keep-dropout", dest="dropout0", action="store_false",
                     help="train with the study's dropout (no F1 equivalence check then)")
     ap.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per arm")
     args = ap.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ks = [int(k) for k in args.ks.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="hpsearch-fused-"))
-    # N fixed points spread over the demo's ranges: a study, not a lucky pair.
-    params = [{"learning_rate": 10 ** (-4.5 + 2.5 * i / max(1, args.trials - 1)),
-               "weight_decay": 10 ** (-3 + (i % 3))} for i in range(args.trials)]
+    params = spread(load_study(args.study, check_paths=False), args.trials)
     print(f"fused bench: {args.trials} trials per arm, {args.study.name}, device "
           f"{args.device}, work folder {work}", flush=True)
     arms = [("solo", [])]

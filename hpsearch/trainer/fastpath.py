@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hpsearch.config import TrainerConfig
-from hpsearch.trainer.batching import bucket_widths
+from hpsearch.trainer.batching import bucket_of, bucket_widths, collate, rows_for
 from hpsearch.trainer.runtime import autocast
 
 
@@ -55,6 +55,17 @@ def make_plan(cfg: TrainerConfig, device: torch.device) -> Plan:
     elif not cuda:
         why += ", no CUDA: no graphs" + (", CPU kernels" if kernels else "")
     return Plan(widths, multiple, sync_every, graphs, graphs or cfg.compile, why, kernels)
+
+
+def plan_batch(plan: Plan, enc, idx: np.ndarray, pad_id: int, cfg: TrainerConfig
+               ) -> dict[str, torch.Tensor]:
+    """A step's batch as the plan shapes it: on the fast path, its bucket's one fixed shape
+    (width and rows), so each bucket is compiled and captured once."""
+    if plan.widths is None:
+        return collate(enc, idx, pad_id, multiple=plan.multiple)
+    width = bucket_of(int(enc.lengths[idx].max()), plan.widths)
+    rows = rows_for(width, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
+    return collate(enc, idx, pad_id, width=width, rows=rows)
 
 
 def _has_triton() -> bool:

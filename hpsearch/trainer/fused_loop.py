@@ -28,9 +28,9 @@ from hpsearch.config import TrainerConfig
 from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer import trial_dir
-from hpsearch.trainer.batching import collate, make_batches
+from hpsearch.trainer.batching import make_batches
 from hpsearch.trainer.evaluation import EvalSettings, evaluate_members
-from hpsearch.trainer.fastpath import make_plan
+from hpsearch.trainer.fastpath import make_plan, plan_batch
 from hpsearch.trainer.fusion import (
     FusedAdamW,
     FusedModel,
@@ -325,8 +325,8 @@ class _Array:
         batches: list[dict[str, torch.Tensor] | None] = [None] * self.k
         for slot, m in self.members():
             idx = self.batches(m.job.cfg, m.st.epoch)[m.st.batch]
-            batches[slot] = collate(self.prep.train, idx, self.pad_id,
-                                    multiple=self.plan.multiple)
+            batches[slot] = plan_batch(self.plan, self.prep.train, idx, self.pad_id,
+                                       m.job.cfg)
             m.st.train_tokens += int(self.prep.train.lengths[idx].sum())
         batch = {n: t.to(self.device, non_blocking=True)
                  for n, t in stack_member_batches(batches, self.pad_id).items()}

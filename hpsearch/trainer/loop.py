@@ -28,9 +28,9 @@ from hpsearch.config import TrainerConfig
 from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer import trial_dir
-from hpsearch.trainer.batching import bucket_of, collate, make_batches, rows_for
+from hpsearch.trainer.batching import bucket_of, make_batches
 from hpsearch.trainer.evaluation import evaluate
-from hpsearch.trainer.fastpath import Runner, make_plan
+from hpsearch.trainer.fastpath import Runner, make_plan, plan_batch
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.kernels import use_cpu_kernels
 from hpsearch.trainer.modeling import build_model
@@ -317,11 +317,7 @@ class _Training:
         return bucket_of(int(self.lengths[idx].max()), self.plan.widths)
 
     def make_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        if self.plan.widths is None:
-            return collate(self.prep.train, idx, self.pad_id, multiple=self.plan.multiple)
-        width = self.width_of(idx)
-        rows = rows_for(width, max_tokens=self.cfg.max_tokens, batch_size=self.cfg.batch_size)
-        return collate(self.prep.train, idx, self.pad_id, width=width, rows=rows)
+        return plan_batch(self.plan, self.prep.train, idx, self.pad_id, self.cfg)
 
     # ----------------------------------------------------------------------------- stages
 

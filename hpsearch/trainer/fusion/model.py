@@ -117,7 +117,7 @@ class FusedModel(nn.Module):
         Copies, not views: a caller keeping them (initial weights, a best model) keeps them
         as they were when taken.
         """
-        self._check(k)
+        self.check_member(k)
         sd = self.net.state_dict()
         return {key: (sd[key][k] if key in self._stacked else sd[key]).detach().clone()
                 for key in self._keys}
@@ -125,7 +125,7 @@ class FusedModel(nn.Module):
     @torch.no_grad()
     def load_member_state_dict(self, k: int, sd: dict[str, torch.Tensor]) -> None:
         """Member k takes a solo model's weights (a checkpoint, or fresh ones for a new trial)."""
-        self._check(k)
+        self.check_member(k)
         missing = [key for key in self._keys if key not in sd]
         extra = [key for key in sd if key not in self._keys]
         if missing or extra:
@@ -146,13 +146,13 @@ class FusedModel(nn.Module):
 
     def set_dropout(self, k: int, p: float | None) -> None:
         """Member k's hidden dropout (``cfg.dropout``); None puts back the member's own."""
-        self._check(k)
+        self.check_member(k)
         if p is not None and not 0 <= p < 1:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         for d in self._dropouts:
             d.ps[k] = d.initial[k] if p is None else float(p)
 
-    def _check(self, k: int) -> None:
+    def check_member(self, k: int) -> None:
         if not 0 <= k < self.k:
             raise IndexError(f"member {k} of a fused model of {self.k}")
 

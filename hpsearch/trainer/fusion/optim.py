@@ -172,7 +172,7 @@ class FusedAdamW:
         Tensors are copies: a solo optimizer that loads them keeps them as its own state and
         must not update ours in place.
         """
-        self.model._check(k)
+        self.model.check_member(k)
         state: dict[int, dict[str, torch.Tensor]] = {}
         if self.steps[k] > 0:
             for solo_index, i in enumerate(self.solo_order):
@@ -198,7 +198,7 @@ class FusedAdamW:
     @torch.no_grad()
     def load_member_state_dict(self, k: int, sd: dict[str, Any]) -> None:
         """Member k continues from a solo AdamW ``state_dict()`` (a solo checkpoint's)."""
-        self.model._check(k)
+        self.model.check_member(k)
         groups = sd["param_groups"]
         n_decay = sum(self.decays)
         sizes = [len(g["params"]) for g in groups]
@@ -245,7 +245,7 @@ class FusedAdamW:
                      betas: tuple[float, float] | None = None, eps: float | None = None,
                      lr: float | None = None) -> None:
         """A fresh optimizer for member k (a new trial in the slot), with its settings."""
-        self.model._check(k)
+        self.model.check_member(k)
         for m, v in zip(self.exp_avg, self.exp_avg_sq):
             m[k].zero_()
             v[k].zero_()
