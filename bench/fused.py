@@ -180,7 +180,10 @@ def main() -> int:
         worst = 0.0
         for r in rows:
             if r["arm"].startswith("fused-"):
-                worst = max(worst, *(abs(r["f1"][p] - v) for p, v in solo["f1"].items()))
+                gaps = [r["f1"][p] - v for p, v in solo["f1"].items()]
+                worst = max(worst, *map(abs, gaps))
+                print(f"F1 {r['arm']} - solo, trial by trial: "
+                      + " ".join(f"{g:+.4f}" for g in gaps))
         verdict = "OK" if worst <= 0.003 else "DIFFERENT"
         print(f"equivalence: largest |F1 fused - F1 solo| over every fused trial = {worst:.4f}"
               f" ({verdict}, bound 0.003)")

