@@ -14,7 +14,7 @@ from hpsearch.backends import make_sampler
 from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError
 from hpsearch.pruners import make_pruner
-from hpsearch.storage import open_storage, redact
+from hpsearch.storage import local_file, open_storage, redact
 
 
 def data_dir(cfg: StudyConfig) -> Path:
@@ -42,3 +42,15 @@ def open_study(cfg: StudyConfig, *, create: bool = False) -> optuna.Study:
         raise ConfigError(
             f"no study named '{cfg.name}' in {redact(cfg.storage_url)} (run it first)"
         ) from None
+
+
+def study_exists(cfg: StudyConfig) -> bool:
+    """Whether the study is already in its database, found without creating the database."""
+    path = local_file(cfg.storage_url)
+    if path is not None and not path.exists():
+        return False
+    try:
+        open_storage(cfg.storage_url, heartbeat=False).get_study_id_from_name(cfg.name)
+    except KeyError:
+        return False
+    return True

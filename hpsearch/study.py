@@ -29,7 +29,8 @@ from hpsearch.attrs import A_CONFIG, DISK_FULL, n_counted, work_left
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
 from hpsearch.errors import DiskFull
 from hpsearch.export import tidy
-from hpsearch.opening import data_dir, open_study
+from hpsearch.opening import data_dir, open_study, study_exists
+from hpsearch.preflight import preflight
 from hpsearch.recovery import recover_interrupted
 from hpsearch.space import distributions
 from hpsearch.storage import study_lock
@@ -53,7 +54,8 @@ def check_unchanged(study: optuna.Study, cfg: StudyConfig, allow_changes: bool) 
     if old == new:
         return
     diffs = _diff(old, new)
-    if not allow_changes:
+    # A study that never ran a trial has nothing to mix: its file was fixed before it started.
+    if not allow_changes and study.get_trials(deepcopy=False):
         raise ConfigError(
             f"study '{cfg.name}' was run with other settings; changed: {'; '.join(diffs)} "
             "(use --allow-changes to continue anyway, or give the study a new name)"
@@ -72,7 +74,13 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 
 def start_study(cfg: StudyConfig, *, allow_changes: bool = False,
                 create: bool = True) -> optuna.Study:
-    """Open (or create) the study for running, after checking the settings did not change."""
+    """Open (or create) the study for running, after checking the settings did not change.
+
+    A study about to be created first checks its model and data, so that a typo there is one
+    line with nothing written (preflight.py).
+    """
+    if create and not study_exists(cfg):
+        preflight(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     study = open_study(cfg, create=create)
     check_unchanged(study, cfg, allow_changes)
