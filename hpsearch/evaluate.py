@@ -8,8 +8,10 @@ from hpsearch.config import StudyConfig
 from hpsearch.errors import ConfigError
 
 
-def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict:
-    """Seqeval scores of ``folder`` (an HF token-classification folder) on ``split``."""
+def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test",
+                    mode: str | None = None) -> dict:
+    """Seqeval scores of ``folder`` (an HF token-classification folder) on ``split``;
+    ``mode`` "strict" scores strict IOB2 (default: the study's ``seqeval_mode``)."""
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -41,4 +43,5 @@ def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test") -> dict
     with torch.inference_mode():
         return evaluate(model, enc, part.tags, labels, device=device,
                         amp=resolve_precision(cfg.trainer.precision, device),
-                        pad_id=tok.pad_token_id or 0, max_tokens=cfg.trainer.eval_batch_tokens)
+                        pad_id=tok.pad_token_id or 0, max_tokens=cfg.trainer.eval_batch_tokens,
+                        mode=mode or cfg.trainer.seqeval_mode)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from hpsearch.config import StudyConfig
-from hpsearch.errors import ModelSourceError
+from hpsearch.errors import ConfigError, ModelSourceError
 
 HUB_TIMEOUT = 5.0  # seconds for the one question asked of the hub
 
@@ -21,10 +21,17 @@ HUB_TIMEOUT = 5.0  # seconds for the one question asked of the hub
 def preflight(cfg: StudyConfig) -> None:
     """Raise the one-line error a trial would raise later, before anything is written."""
     check_model_source(cfg.trainer.model)
-    if cfg.trainer.data_dir != "demo":  # generated data cannot be broken
-        from hpsearch.trainer.data import read_data
+    if cfg.trainer.data_dir == "demo":  # generated data cannot be broken
+        return
+    from hpsearch.trainer.data import read_data
 
-        read_data(cfg.trainer.data_dir, cfg.trainer.data_format)
+    data = read_data(cfg.trainer.data_dir, cfg.trainer.data_format)
+    if cfg.metric.startswith("f1:"):
+        kind = cfg.metric.removeprefix("f1:")
+        kinds = sorted({t[2:] for t in data.labels if t[:2] in ("B-", "I-")})
+        if kind not in kinds:
+            raise ConfigError(f"metric: no entity type '{kind}' in {cfg.trainer.data_dir} "
+                              f"(its types: {', '.join(kinds)})")
 
 
 def check_model_source(model: str) -> None:

@@ -20,7 +20,12 @@ class StudyConfig(Strict):
         default=None, description="Optuna storage URL; default sqlite under output_dir"
     )
     direction: Literal["maximize", "minimize"] = "maximize"
-    metric: Literal["f1", "precision", "recall", "accuracy", "loss"] = "f1"
+    metric: str = Field(
+        default="f1", pattern=r"^(f1|macro_f1|weighted_f1|precision|recall|accuracy|loss"
+        r"|f1:[^\s:]+)$",
+        description="micro f1 (entity level), macro_f1, weighted_f1, precision, recall, "
+        "accuracy (tokens), loss, or f1:TYPE, one entity type's F1 (e.g. f1:PER)",
+    )
     n_trials: int = Field(ge=1, description="total across runs and workers")
     timeout: float | None = Field(default=None, gt=0, description="seconds for one run")
     seed: int = 0

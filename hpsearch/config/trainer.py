@@ -75,6 +75,9 @@ class TrainerConfig(Strict):
         default=None, ge=1, description="steps between checkpoints, besides one at every eval"
     )
     eval_batch_tokens: int = Field(default=16384, ge=16)
+    seqeval_mode: Literal["default", "strict"] = Field(
+        default="default", description="strict: seqeval's strict IOB2 scoring (an I- that "
+        "opens an entity is a miss)")
     early_stopping: EarlyStopping | None = None
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -25,6 +25,7 @@ class EvalSettings:
     pad_id: int
     max_tokens: int
     multiple: int = 8
+    mode: str = "default"  # seqeval's scoring: "strict" for strict IOB2
 
 
 def evaluate(model: torch.nn.Module, enc: Encoded, gold: list[list[str]], labels: list[str],
@@ -77,7 +78,7 @@ def evaluate_members(
     out = []
     for k in members:
         pred_tags = [[labels[i] for i in sent] for sent in words_of_windows(enc, preds[k])]
-        scores = ner_scores(gold, pred_tags)
+        scores = ner_scores(gold, pred_tags, how.mode)
         scores["loss"] = loss_sum[k] / max(1, n_tok)
         out.append(scores)
     return out

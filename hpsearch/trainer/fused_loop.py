@@ -384,7 +384,7 @@ class _Array:
             scores = evaluate_members(
                 forward, slots, self.prep.val, self.prep.val_gold, self.prep.labels,
                 EvalSettings(self.device, self.amp, self.pad_id, cfg.eval_batch_tokens,
-                             self.plan.multiple))
+                             self.plan.multiple, cfg.seqeval_mode))
         finally:
             self.model.train()
         return dict(zip(slots, scores))

@@ -389,7 +389,7 @@ class _Training:
         cfg, prep = self.cfg, self.prep
         scores = evaluate(self.model, prep.val, prep.val_gold, prep.labels, device=self.device,
                           amp=self.amp, pad_id=self.pad_id, max_tokens=cfg.eval_batch_tokens,
-                          multiple=self.plan.multiple)
+                          multiple=self.plan.multiple, mode=cfg.seqeval_mode)
         return judge(self.st, scores, cfg, self.metric, self.maximize, self.metrics, self.log,
                      reporter, lambda: trial_dir.save_best(self.model.state_dict(),
                                                            self.out_dir))
