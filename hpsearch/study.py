@@ -91,7 +91,24 @@ def start_study(cfg: StudyConfig, *, allow_changes: bool = False,
     space = json.dumps({k: repr(d) for k, d in distributions(cfg.search_space).items()})
     if study.user_attrs.get("search_space") != space:
         study.set_user_attr("search_space", space)
+    if cfg.enqueue:
+        enqueue(study, cfg, cfg.enqueue, "study file")
     return study
+
+
+def enqueue(study: optuna.Study, cfg: StudyConfig, points: list[dict[str, Any]],
+            source: str) -> int:
+    """Queue points to be evaluated before the sampler proposes any; returns how many were new.
+
+    They are ordinary trials once they run (they count toward ``n_trials``), marked
+    ``enqueued`` with where they came from. A point already in the study is not queued again,
+    so a study file's ``enqueue:`` is read on every run but evaluated once.
+    """
+    with study_lock(cfg.storage_url, cfg.name):
+        before = len(study.get_trials(deepcopy=False))
+        for point in points:
+            study.enqueue_trial(point, user_attrs={"enqueued": source}, skip_if_exists=True)
+        return len(study.get_trials(deepcopy=False)) - before
 
 
 # ----------------------------------------------------------------------------- the run

@@ -35,6 +35,9 @@ class StudyConfig(Strict):
     trainer: TrainerConfig
     output_dir: str | None = Field(default=None, description="default runs/<name>")
     keep: Literal["best", "all", "none"] = "best"
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, description="points evaluated first, in order (e.g. the HF "
+        "defaults): each a mapping of search-space parameters to values")
     on_oom: Literal["fail", "halve_batch"] = Field(
         default="fail", description="halve_batch: retry an out-of-memory trial once, half batch"
     )
@@ -66,6 +69,8 @@ class StudyConfig(Strict):
             except ValidationError as e:
                 raise ValueError(f"search_space.{name}: {e.errors()[0]['msg']}") from None
         self.check_fusable()
+        for i, point in enumerate(self.enqueue):
+            check_point(point, self.search_space, f"enqueue[{i}]")
         return self
 
     def check_fusable(self) -> None:
@@ -128,3 +133,18 @@ def _probe_value(param: FloatParam | IntParam | CategoricalParam) -> Any:
     if isinstance(param, CategoricalParam):
         return param.choices[0]
     return param.low
+
+
+def check_point(point: dict[str, Any], space: dict[str, Any], where: str) -> None:
+    """A point to evaluate: searched parameters only, each inside its declared range."""
+    for name, value in point.items():
+        param = space.get(name)
+        if param is None:
+            raise ValueError(f"{where}.{name}: not in the search space "
+                             f"({', '.join(space)})")
+        if isinstance(param, CategoricalParam):
+            if value not in param.choices:
+                raise ValueError(f"{where}.{name}: {value!r} is not one of {param.choices}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not param.low <= value <= param.high:
+            raise ValueError(f"{where}.{name}: {value!r} is outside [{param.low}, {param.high}]")
