@@ -65,26 +65,32 @@ def export_best(cfg: StudyConfig, best: FrozenTrial) -> Path | None:
         return target
     if not weights.exists():
         return None
-    from safetensors.torch import load_file
-
     from hpsearch.trainer import prepare
-    from hpsearch.trainer.modeling import build_model
 
     tcfg = cfg.trainer_for(best.params)
     prep = prepare(tcfg, data_dir(cfg), cfg.out / "cache")
-    model = build_model(tcfg, prep.tokenizer, prep.labels)
-    model.load_state_dict(load_file(weights))
-    tmp = cfg.out / ".best-model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    return export_model(tcfg, prep, weights, target,
+                        {"number": best.number, "value": best.value, "params": best.params})
+
+
+def export_model(tcfg, prep, weights: Path, target: Path, about: dict) -> Path:
+    """Weights of a trial folder as a folder ``AutoModelForTokenClassification`` and
+    ``AutoTokenizer`` load with no hpsearch: config with the labels, weights, tokenizer, and
+    ``hpsearch-trial.json`` saying where it came from. Replaces ``target`` atomically."""
+    from safetensors.torch import load_file
     from transformers.utils import logging as hf_logging
 
+    from hpsearch.trainer.modeling import build_model
+
+    model = build_model(tcfg, prep.tokenizer, prep.labels)
+    model.load_state_dict(load_file(weights))
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     hf_logging.disable_progress_bar()  # a one-shard bar per export is noise in the trial lines
     model.save_pretrained(tmp)
     prep.tokenizer.save_pretrained(tmp)
-    (tmp / "hpsearch-trial.json").write_text(
-        json.dumps({"number": best.number, "value": best.value, "params": best.params})
-    )
-    old = cfg.out / ".best-model.old"
+    (tmp / "hpsearch-trial.json").write_text(json.dumps(about))
+    old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.rename(target, old)
