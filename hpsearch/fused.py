@@ -35,9 +35,12 @@ class _StudyFeed:
 
     def __init__(self, study: optuna.Study, cfg: StudyConfig, beat: Heartbeat,
                  stop: Callable[[], bool], deadline: float | None, worker: str | None,
+                 worker_pid: int | None,
                  on_trial: Callable[[TrialOutcome, optuna.Study], None] | None):
         self.study, self.cfg, self.beat, self.stop = study, cfg, beat, stop
-        self.deadline, self.worker, self.on_trial = deadline, worker, on_trial
+        self.deadline, self.worker, self.worker_pid = deadline, worker, worker_pid
+        self.on_trial = on_trial
+        self.on_recovered: Callable[[list[int]], None] | None = None
         self.active: dict[int, Started] = {}
         self.claimed: list[optuna.Trial] = []
         self.outcomes: list[TrialOutcome] = []
@@ -55,8 +58,10 @@ class _StudyFeed:
             if not self.claimed:
                 free = self.cfg.trainer.fuse - len(self.active)
                 self.claimed, more = claim_trials(self.study, self.cfg, max(1, free),
-                                                  self.worker)
+                                                  self.worker, self.worker_pid)
                 self.recovered += more
+                if more and self.on_recovered is not None:
+                    self.on_recovered(more)
                 if not self.claimed:
                     return None
             s = start_trial(self.study, self.claimed.pop(0), self.cfg)
@@ -102,6 +107,8 @@ def run_fused(
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
     deadline: float | None = None,
     worker: str | None = None,
+    worker_pid: int | None = None,
+    on_recovered: Callable[[list[int]], None] | None = None,
 ) -> _StudyFeed:
     """Train the study's trials as fused arrays until it needs no more (or a stop, the
     deadline, a full disk); returns what ran. A stop raises ``StudyInterrupted`` once every
@@ -111,7 +118,8 @@ def run_fused(
 
     use_compile_cache(cfg)
     with Heartbeat(study) as beat:
-        feed = _StudyFeed(study, cfg, beat, stop, deadline, worker, on_trial)
+        feed = _StudyFeed(study, cfg, beat, stop, deadline, worker, worker_pid, on_trial)
+        feed.on_recovered = on_recovered
         try:
             train_fused(cfg.trainer, prep, cfg.trainer.fuse, feed, should_stop=stop,
                         metric=cfg.metric, maximize=cfg.direction == "maximize")

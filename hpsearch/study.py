@@ -130,11 +130,19 @@ def run(
     *,
     allow_changes: bool = False,
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
+    on_recovered: Callable[[list[int]], None] | None = None,
 ) -> RunSummary:
-    """Run the study up to ``cfg.n_trials`` trials in total; safe to call again after a stop."""
+    """Run the study up to ``cfg.n_trials`` trials in total; safe to call again after a stop.
+
+    ``on_recovered`` hears the numbers of dead trials queued to resume as they are found,
+    before their continuations run.
+    """
+    heard = on_recovered or (lambda numbers: None)
     study = start_study(cfg, allow_changes=allow_changes)
     with study_lock(cfg.storage_url, cfg.name):
         recovered = recover_interrupted(study)
+    if recovered:
+        heard(recovered)
 
     from hpsearch.trainer import prepare
 
@@ -145,7 +153,8 @@ def run(
             from hpsearch.fused import run_fused
 
             prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
-            feed = run_fused(study, cfg, prep, stop, on_trial=on_trial, deadline=deadline)
+            feed = run_fused(study, cfg, prep, stop, on_trial=on_trial, deadline=deadline,
+                             on_recovered=heard)
             ran, recovered = feed.outcomes, recovered + feed.recovered
             if feed.disk_full is not None:
                 raise DiskFull(disk_full_message(feed.disk_full, cfg))
@@ -158,6 +167,8 @@ def run(
             prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
             trial, more = claim_trial(study, cfg)
             recovered += more
+            if more:
+                heard(more)
             if trial is None:
                 break
             outcome = run_trial(study, trial, cfg, prep, stop)

@@ -79,14 +79,16 @@ def trial_sampler(cfg: StudyConfig, number: int) -> optuna.samplers.BaseSampler:
 
 
 def claim_trials(
-    study: optuna.Study, cfg: StudyConfig, k: int, worker: str | None = None
+    study: optuna.Study, cfg: StudyConfig, k: int, worker: str | None = None,
+    worker_pid: int | None = None,
 ) -> tuple[list[optuna.Trial], list[int]]:
     """Up to ``k`` trials this process should run next (none when the study needs no more).
 
     Recovery, the count and the asks happen under the study lock: without it two workers could
     both see one trial left and both ask. The parameters are suggested under the lock too,
     so each next sampler (TPE's or bayes' constant liar) sees the ones before as pending.
-    Returns the trials and the numbers of dead trials recovered on the way.
+    Returns the trials and the numbers of dead trials recovered on the way. ``worker_pid``:
+    the process that reports the trials if this one dies (a worker, for its trial process).
     """
     trials: list[optuna.Trial] = []
     with study_lock(cfg.storage_url, cfg.name):
@@ -96,7 +98,7 @@ def claim_trials(
             trial = study.ask()
             storage = storage_of(study)
             for key, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
-                           (A_WORKER_PID, os.getpid()),
+                           (A_WORKER_PID, worker_pid or os.getpid()),
                            (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}")):
                 storage.set_trial_system_attr(trial_id(trial), key, v)
             suggest(trial, cfg.search_space)

@@ -41,10 +41,11 @@ from multiprocessing.connection import wait
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch.attrs import A_GPU, A_REASON, CRASHED, DISK_FULL, INTERRUPTED, work_left
+from hpsearch.attrs import A_GPU, A_PID, A_REASON, CRASHED, DISK_FULL, INTERRUPTED, work_left
 from hpsearch.config import StudyConfig
 from hpsearch.errors import DiskFull, StudyInterrupted
 from hpsearch.export import tidy
+from hpsearch.fused import run_fused
 from hpsearch.opening import data_dir, open_study
 from hpsearch.optuna_compat import storage_of, trial_id
 from hpsearch.recovery import interrupt, others_running, recover_interrupted
@@ -207,6 +208,15 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
     while not state["stop"]:
         if deadline is not None and time.time() >= deadline:
             break
+        if cfg.trainer.fuse > 1:  # a child trains fused arrays and claims their trials itself
+            if not work_left(study, cfg.n_trials):
+                if others_running(study):
+                    time.sleep(POLL)
+                    continue
+                break
+            if _fused_round(cfg, study, prep, conn, state, ctx, worker_name, label, deadline):
+                break  # the disk is full: the next round would fail the same way
+            continue
         trial, recovered = claim_trial(study, cfg, worker=worker_name)
         if recovered:
             conn.send(("recovered", recovered))
@@ -244,6 +254,61 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
     sys.exit(130 if state["stop"] else 0)
 
 
+def _fused_process(cfg: StudyConfig, prep, conn, parent: int, worker: str,
+                   deadline: float | None) -> None:
+    """The child that trains fused arrays until the study needs no more; reports each trial."""
+    _die_with_parent(parent)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers
+    study = open_study(cfg)
+    code = 0
+    with StopRequest() as stop:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
+        try:
+            feed = run_fused(study, cfg, prep, stop, deadline=deadline, worker=worker,
+                             worker_pid=parent, on_trial=lambda o, _: conn.send(("trial", o)))
+            conn.send(("recovered", feed.recovered))
+        except StudyInterrupted:
+            code = 130
+    conn.close()
+    sys.exit(code)
+
+
+def _fused_round(cfg: StudyConfig, study: optuna.Study, prep, conn, state: dict, ctx,
+                 worker: str, label: str, deadline: float | None) -> bool:
+    """Run one fused child to its end and relay what it reports; True if the disk filled."""
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_fused_process, name="hpsearch-fused",
+                        args=(cfg, prep, send, os.getpid(), worker, deadline))
+    t0 = time.time()
+    with _signals_held():
+        child.start()
+        state["child"] = child
+        if state["stop"]:  # asked before there was a child to tell
+            _tell(child.pid, signal.SIGTERM)
+    send.close()
+    full = False
+    while True:
+        try:
+            kind, payload = recv.recv()
+        except EOFError:
+            break
+        if kind == "trial":
+            full = full or payload.reason == DISK_FULL
+            payload = replace(payload, worker=label)
+        conn.send((kind, payload))
+    child.join()
+    state["child"] = None
+    recv.close()
+    # Trials the child left running died with it: record them as a dead trial process's.
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.system_attrs.get(A_PID) == child.pid:
+            trial = optuna.Trial(study, trial_id(t))
+            outcome = _after_exit(study, trial, child.exitcode, state["stop"], time.time() - t0)
+            conn.send(("trial", replace(outcome, worker=label)))
+    return full
+
+
 # ----------------------------------------------------------------------------- the pool
 
 
@@ -263,6 +328,7 @@ def run_pool(
     join: bool = False,
     on_trial: Callable[[TrialOutcome, optuna.Study], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_recovered: Callable[[list[int]], None] | None = None,
 ) -> RunSummary:
     """Run the study with one worker per slot (a GPU id or None) until it needs no more trials.
 
@@ -271,8 +337,11 @@ def run_pool(
     """
     note = on_note or (lambda msg: None)
     study = start_study(cfg, allow_changes=allow_changes, create=not join)
+    heard = on_recovered or (lambda numbers: None)
     with study_lock(cfg.storage_url, cfg.name):
         recovered = recover_interrupted(study)
+    if recovered:
+        heard(recovered)
     ran: list[TrialOutcome] = []
     if not work_left(study, cfg.n_trials):
         return summarize(study, cfg, ran, recovered)
@@ -325,6 +394,8 @@ def run_pool(
                             on_trial(payload, study)
                     else:
                         recovered += payload
+                        if payload:
+                            heard(payload)
                 else:
                     i, p = procs.pop(obj)
                     p.join()
