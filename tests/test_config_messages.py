@@ -6,6 +6,8 @@ parameter type with the names that exist, so one edit fixes the whole file.
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -53,6 +55,8 @@ def test_several_problems_keep_their_lines_apart(tmp_path):
         "s.yaml: colour: unknown key",
     ]
     assert str(e.value) == "\n".join(e.value.lines)
+    again = pickle.loads(pickle.dumps(e.value))
+    assert type(again) is type(e.value) and again.lines == e.value.lines
 
 
 def test_a_misspelt_key_is_not_also_reported_as_the_missing_field_it_meant(tmp_path):

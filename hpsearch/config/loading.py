@@ -53,10 +53,13 @@ def _expand_all(data: Any, where: str) -> Any:
 class ConfigProblems(ConfigError):
     """Several problems in one study file, one line each, so that one edit fixes them all.
 
-    ``lines`` holds the lines to print; ``str()`` is the same lines joined with newlines.
+    ``lines`` holds the lines to print; ``str()`` is the same lines joined with newlines, and
+    is accepted back in their place (that is how a pickled error, from a worker, comes back).
     """
 
-    def __init__(self, lines: list[str]):
+    def __init__(self, lines: list[str] | str):
+        if isinstance(lines, str):
+            lines = lines.split("\n")
         self.lines = [" ".join(str(line).splitlines()) for line in lines]
         super().__init__(self.lines[0])
         self.args = ("\n".join(self.lines),)
