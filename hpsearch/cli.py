@@ -1,11 +1,13 @@
 """`hpsearch` on the command line: a thin layer over the library a notebook can call too.
 
-Every expected problem (a bad study file, bad data, a missing study) is one line on stderr and
-exit code 2; a Ctrl-C that checkpointed the running trial exits 130.
+Every expected problem (a bad study file, bad data, a missing study) is one line on stderr (a
+study file with several mistakes: one line each) and exit code 2; a Ctrl-C that checkpointed the
+running trial exits 130.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import re
@@ -14,10 +16,16 @@ from pathlib import Path
 
 import click
 
-from hpsearch.config import load_study, with_fuse
+from hpsearch.config import load_study, with_overrides
 from hpsearch.errors import ConfigError, DiskFull, StudyInterrupted, UserError, root_cause
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+#: `-h` as well as `--help`, on the group and, inherited, on every command.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+#: Hosts only this machine can reach; any other exposes a dashboard that has no login.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _errors(fn):
@@ -32,7 +40,8 @@ def _errors(fn):
                 click.echo(f"error: {_outage_line(e)}", err=True)
                 sys.exit(EXIT_FAILED)
             if isinstance(e, UserError):
-                click.echo(f"error: {e}", err=True)
+                for line in getattr(e, "lines", None) or [str(e)]:
+                    click.echo(f"error: {line}", err=True)
                 sys.exit(EXIT_USAGE)
             if isinstance(e, DiskFull):
                 click.echo(f"error: {e}", err=True)
@@ -64,7 +73,7 @@ def _fmt_params(params: dict) -> str:
     )
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
 @click.version_option(package_name="hpsearch")
 def main() -> None:
     """Hyperparameter search for token-classification (NER) trainers."""
@@ -74,7 +83,7 @@ def main() -> None:
 
 
 def _run_options(fn):
-    """What starting a study and joining one share: the file, --allow-changes, the pool."""
+    """What starting a study and joining one share: the file, the overrides, the pool."""
     for opt in reversed([
         click.argument("study_file", type=click.Path(dir_okay=False)),
         click.option("--allow-changes", is_flag=True,
@@ -87,6 +96,9 @@ def _run_options(fn):
                      show_default=True, help="Workers per GPU listed in --gpus (small models)."),
         click.option("--fuse", type=click.IntRange(min=1, max=64), default=None, metavar="K",
                      help="Train K trials at a time as one batched model (trainer.fuse)."),
+        click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Total trials for this run, in place of the file's n_trials "
+                     "(trials already in the study count)."),
     ]):
         fn = opt(fn)
     return fn
@@ -96,32 +108,35 @@ def _run_options(fn):
 @_run_options
 @_errors
 def run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-        trials_per_gpu: int, fuse: int | None) -> None:
+        trials_per_gpu: int, fuse: int | None, n_trials: int | None) -> None:
     """Run (or continue) the study until it has n_trials trials in total."""
-    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, fuse, join=False)
+    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, fuse, n_trials, join=False)
 
 
-main.add_command(run, name="resume")
+# After a crash users reach for `resume`; it is `run`, which always continues where it stopped.
+resume = copy.copy(run)
+resume.name = "resume"
+resume.help = ("The same as run: continue the study (interrupted trials resume from their last "
+               "checkpoint) until it has n_trials trials in total.")
+main.add_command(resume)
 
 
 @main.command()
 @_run_options
 @_errors
 def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-           trials_per_gpu: int, fuse: int | None) -> None:
+           trials_per_gpu: int, fuse: int | None, n_trials: int | None) -> None:
     """Join a study that exists (from this or another machine) and run its trials."""
     _run(study_file, allow_changes, workers or (None if gpus else 1), gpus, trials_per_gpu,
-         fuse, join=True)
+         fuse, n_trials, join=True)
 
 
 def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-         trials_per_gpu: int, fuse: int | None, join: bool) -> None:
+         trials_per_gpu: int, fuse: int | None, n_trials: int | None, join: bool) -> None:
     from hpsearch import study as driver
     from hpsearch.storage import redact
 
-    cfg = load_study(study_file)
-    if fuse is not None:
-        cfg = with_fuse(cfg, fuse, study_file)
+    cfg = with_overrides(load_study(study_file), study_file, n_trials=n_trials, fuse=fuse)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
@@ -257,7 +272,7 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     """Train once with given parameters, outside the search, with the same trainer."""
     from pydantic import ValidationError
 
-    from hpsearch.config import format_validation_error
+    from hpsearch.config import config_error, validation_problems
     from hpsearch.opening import data_dir
     from hpsearch.trainer import prepare
     from hpsearch.trainer import train as train_fn
@@ -269,7 +284,7 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     try:
         tcfg = cfg.trainer_for(params)
     except ValidationError as e:
-        raise ConfigError(f"--set: {format_validation_error(e)}") from None
+        raise config_error("--set", validation_problems(e)) from None
     stamp = "-".join(f"{k}={v}" for k, v in params.items()) or "defaults"
     out_dir = Path(out) if out else cfg.out / "manual" / stamp
     prep = prepare(tcfg, data_dir(cfg), cfg.out / "cache")
@@ -283,10 +298,11 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]),
+              help="The data split to score.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False),
               help="An exported model folder (default: the study's best-model).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_errors
 def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) -> None:
     """Score the best trial's model on the test split: P/R/F1 and a per-type report."""
@@ -330,19 +346,25 @@ def plot(study_file: str, out: str | None, png_dir: str | None, open_browser: bo
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The dashboard has no login: listen beyond this "
+              "machine only on a network you trust.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
 @_errors
 def dashboard(study_file: str, host: str, port: int) -> None:
     """Serve optuna-dashboard on the study's database (safe while workers run)."""
     from hpsearch.dashboard import serve_dashboard
 
-    serve_dashboard(load_study(study_file), host=host, port=port)
+    cfg = load_study(study_file)
+    if host not in LOOPBACK:
+        click.echo(f"warning: --host {host}: the dashboard has no login; anyone who can reach "
+                   f"{host}:{port} can read, change and delete the study", err=True)
+    serve_dashboard(cfg, host=host, port=port)
 
 
 @main.command("demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated sentences.")
 def demo_data(out_dir: str, seed: int) -> None:
     """Write the synthetic demo NER data set (BERT-NER layout) to OUT_DIR."""
     from hpsearch.demo_data import generate_demo_data

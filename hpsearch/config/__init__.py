@@ -1,19 +1,24 @@
 """The study file (study.yaml): typed, strict, and checked before anything is written.
 
 A study runs for hours; a typo found after the first trial costs that trial. Every model here
-forbids unknown keys, and :func:`load_study` turns any problem into one :class:`ConfigError` line
-that names the file and the field, so the CLI can print it and exit 2 without a traceback.
+forbids unknown keys, and :func:`load_study` turns every problem into one line that names the
+file and the field (a :class:`ConfigError`, or :class:`ConfigProblems` for several), so the CLI
+can print them all and exit 2 without a traceback.
 """
 
 from hpsearch.config.backends import Backend, BayesBackend, OptunaBackend
 from hpsearch.config.loading import (
+    ConfigProblems,
     check_data_dir,
+    config_error,
     expand_env,
     format_validation_error,
     load_study,
     parse_study,
     study_fingerprint,
+    validation_problems,
     with_fuse,
+    with_overrides,
 )
 from hpsearch.config.pruners import (
     HyperbandPruner,
@@ -36,6 +41,7 @@ __all__ = [
     "BayesBackend",
     "CategoricalParam",
     "ConfigError",
+    "ConfigProblems",
     "EarlyStopping",
     "FloatParam",
     "HyperbandPruner",
@@ -55,10 +61,13 @@ __all__ = [
     "TrainerConfig",
     "WilcoxonPruner",
     "check_data_dir",
+    "config_error",
     "expand_env",
     "format_validation_error",
     "load_study",
     "parse_study",
     "study_fingerprint",
+    "validation_problems",
     "with_fuse",
+    "with_overrides",
 ]

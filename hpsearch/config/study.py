@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hpsearch.config.backends import Backend, OptunaBackend
 from hpsearch.config.base import Strict
+from hpsearch.config.hints import did_you_mean
 from hpsearch.config.pruners import NoPruner, Pruner
 from hpsearch.config.space import CategoricalParam, FloatParam, IntParam, Param
 from hpsearch.config.trainer import TUNABLE, UNFUSABLE, TrainerConfig
@@ -60,7 +61,7 @@ class StudyConfig(Strict):
             if name not in TUNABLE:
                 raise ValueError(
                     f"search_space.{name}: not a tunable trainer field "
-                    f"(tunable: {', '.join(sorted(TUNABLE))})"
+                    f"(tunable: {', '.join(sorted(TUNABLE))}){did_you_mean(name, sorted(TUNABLE))}"
                 )
             try:
                 self.trainer.model_validate(
