@@ -50,8 +50,8 @@ def test_several_problems_keep_their_lines_apart(tmp_path):
     with pytest.raises(ConfigError) as e:
         parse_study(d, "s.yaml")
     assert e.value.lines == [
-        "s.yaml: metric: 'F1' is not one of f1, precision, recall, accuracy, loss; "
-        "did you mean f1?",
+        "s.yaml: metric: 'F1' is not one of f1, macro_f1, weighted_f1, precision, recall, "
+        "accuracy, loss, or f1:TYPE (one entity type's F1, e.g. f1:PER); did you mean f1?",
         "s.yaml: colour: unknown key",
     ]
     assert str(e.value) == "\n".join(e.value.lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,9 @@ from hpsearch.config.pruners import NoPruner, Pruner
 from hpsearch.config.space import CategoricalParam, FloatParam, IntParam, Param
 from hpsearch.config.trainer import TUNABLE, UNFUSABLE, TrainerConfig
 
+#: What a study can optimise, besides ``f1:TYPE``.
+METRICS = ("f1", "macro_f1", "weighted_f1", "precision", "recall", "accuracy", "loss")
+
 
 class StudyConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -22,8 +26,7 @@ class StudyConfig(Strict):
     )
     direction: Literal["maximize", "minimize"] = "maximize"
     metric: str = Field(
-        default="f1", pattern=r"^(f1|macro_f1|weighted_f1|precision|recall|accuracy|loss"
-        r"|f1:[^\s:]+)$",
+        default="f1",
         description="micro f1 (entity level), macro_f1, weighted_f1, precision, recall, "
         "accuracy (tokens), loss, or f1:TYPE, one entity type's F1 (e.g. f1:PER)",
     )
@@ -42,6 +45,14 @@ class StudyConfig(Strict):
     on_oom: Literal["fail", "halve_batch"] = Field(
         default="fail", description="halve_batch: retry an out-of-memory trial once, half batch"
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v in METRICS or re.fullmatch(r"f1:[^\s:]+", v):
+            return v
+        raise ValueError(f"{v!r} is not one of {', '.join(METRICS)}, or f1:TYPE (one entity "
+                         f"type's F1, e.g. f1:PER){did_you_mean(v, METRICS)}")
 
     @field_validator("backend", mode="before")
     @classmethod
