@@ -174,15 +174,17 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
         click.echo(f"trial {o.number:>3}  {_fmt_params(o.params)}  {cfg.metric}={value}  "
                    f"{o.state.name}{reason}  {o.seconds:.1f}s{best_txt}{who}")
 
+    def on_recovered(numbers: list[int]) -> None:  # before the trials that continue them
+        click.echo(f"resumed interrupted trial(s): {', '.join(map(str, numbers))}")
+
     if pooled:
         from hpsearch.workers import run_pool
 
         s = run_pool(cfg, slots, allow_changes=allow_changes, join=join, on_trial=on_trial,
-                     on_note=lambda msg: click.echo(msg, err=True))
+                     on_note=lambda msg: click.echo(msg, err=True), on_recovered=on_recovered)
     else:
-        s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial)
-    if s.recovered:
-        click.echo(f"resumed interrupted trial(s): {', '.join(map(str, s.recovered))}")
+        s = driver.run(cfg, allow_changes=allow_changes, on_trial=on_trial,
+                       on_recovered=on_recovered)
     if not s.ran:
         click.echo(f"nothing to do: {s.total}/{s.n_trials} trials already in the study")
     click.echo(f"{s.total}/{s.n_trials} trials")
@@ -197,8 +199,11 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
 @_errors
 def status(study_file: str) -> None:
     """A table of the study's trials and the best one."""
+    from optuna.trial import TrialState
+
     from hpsearch.attrs import A_REASON, A_RETRY_OF
     from hpsearch.opening import open_study
+    from hpsearch.recovery import is_dead
     from hpsearch.study import summarize
 
     cfg = load_study(study_file)
@@ -215,6 +220,10 @@ def status(study_file: str) -> None:
             note = f"{note}: {t.user_attrs['error']}"
         if A_RETRY_OF in t.system_attrs:
             note = f"continues #{t.system_attrs[A_RETRY_OF]} {note}".strip()
+        if t.user_attrs.get("enqueued"):
+            note = f"enqueued ({t.user_attrs['enqueued']}) {note}".strip()
+        if t.state == TrialState.RUNNING and is_dead(t):
+            note = f"(process gone; resumes on the next run) {note}".strip()
         vals = "  ".join(f"{_fmt_value(t.params.get(n)):>13}" for n in names)
         click.echo(f"{t.number:>4}  {t.state.name:<9} {value:>8}  {secs:>7}  {vals}  {note}")
     s = summarize(st, cfg, [], [])
@@ -250,6 +259,27 @@ def best(study_file: str, as_json: bool) -> None:
         click.echo(f"  {k}: {v}")
 
 
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, required=True,
+              help="A searched parameter's value, e.g. learning_rate=5e-5 (repeat for more).")
+@_errors
+def enqueue(study_file: str, sets: tuple[str, ...]) -> None:
+    """Queue a point to evaluate before the sampler proposes any; it counts toward n_trials."""
+    from hpsearch.config.study import check_point
+    from hpsearch.study import enqueue as enqueue_points
+    from hpsearch.study import start_study
+
+    cfg = load_study(study_file)
+    point = _parse_set(sets)
+    try:
+        check_point(point, cfg.search_space, "--set")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    added = enqueue_points(start_study(cfg), cfg, [point], "hpsearch enqueue")
+    click.echo(f"{'queued' if added else 'already in the study'}: {_fmt_params(point)}")
+
+
 def _parse_set(items: tuple[str, ...]) -> dict:
     out = {}
     for item in items:
@@ -273,10 +303,12 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     from pydantic import ValidationError
 
     from hpsearch.config import config_error, validation_problems
+    from hpsearch.export import export_model
     from hpsearch.opening import data_dir
     from hpsearch.trainer import prepare
     from hpsearch.trainer import train as train_fn
     from hpsearch.trainer.metrics import format_report
+    from hpsearch.trainer.trial_dir import best_weights
     from hpsearch.trial import use_compile_cache
 
     cfg = load_study(study_file)
@@ -293,7 +325,10 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
     click.echo(f"best {cfg.metric}={r.value:.4f} at step {r.best_step} of {r.steps} "
                f"({r.train_seconds:.1f}s, {r.tokens_per_second:,.0f} tokens/s)")
     click.echo(format_report(r.best_scores))
+    model = export_model(tcfg, prep, best_weights(out_dir), out_dir / "model",
+                         {"params": params, "value": r.value, "metric": cfg.metric})
     click.echo(f"outputs: {out_dir}")
+    click.echo(f"model: {model} (hpsearch evaluate {study_file} --model {model})")
 
 
 @main.command()
@@ -302,21 +337,25 @@ def train(study_file: str, sets: tuple[str, ...], out: str | None) -> None:
               help="The data split to score.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False),
               help="An exported model folder (default: the study's best-model).")
+@click.option("--mode", type=click.Choice(["default", "strict"]), default=None,
+              help="seqeval's scoring; strict: strict IOB2 (default: the study's seqeval_mode).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_errors
-def evaluate(study_file: str, split: str, model_dir: str | None, as_json: bool) -> None:
+def evaluate(study_file: str, split: str, model_dir: str | None, mode: str | None,
+             as_json: bool) -> None:
     """Score the best trial's model on the test split: P/R/F1 and a per-type report."""
     from hpsearch.evaluate import evaluate_folder
     from hpsearch.trainer.metrics import format_report
 
     cfg = load_study(study_file)
     folder = Path(model_dir) if model_dir else cfg.out / "best-model"
-    scores = evaluate_folder(cfg, folder, split)
+    scores = evaluate_folder(cfg, folder, split, mode)
     if as_json:
         click.echo(json.dumps(scores))
         return
     click.echo(f"{split}: precision={scores['precision']:.4f} recall={scores['recall']:.4f} "
-               f"f1={scores['f1']:.4f} accuracy={scores['accuracy']:.4f}")
+               f"f1={scores['f1']:.4f} macro_f1={scores['macro_f1']:.4f} "
+               f"weighted_f1={scores['weighted_f1']:.4f} accuracy={scores['accuracy']:.4f}")
     click.echo(format_report(scores))
 
 
