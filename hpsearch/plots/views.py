@@ -78,14 +78,13 @@ def parallel_figure(snap: optuna.Study, params: list[str], cfg: StudyConfig) -> 
         wrapped = [wrap_label(n) for n in names]
         widest = max(len(line) for w in wrapped for line in w)
         if len(names) * (widest + 2) <= LABEL_ROW:
-            lines = max(len(w) for w in wrapped)
-            fig.update_xaxes(ticktext=["<br>".join(w) for w in wrapped], tickangle=0)
-            bottom = 30 + 16 * lines
+            axis = {"ticktext": ["<br>".join(w) for w in wrapped], "tickangle": 0}
+            bottom = 30 + 16 * max(len(w) for w in wrapped)
         else:
-            fig.update_xaxes(ticktext=names, tickangle=-45)
+            axis = {"ticktext": names, "tickangle": -45}
             bottom = 30 + int(0.75 * 7 * max(len(n) for n in names))
-        fig.update_xaxes(automargin=True)
-        fig.update_layout(margin={"b": bottom})
+        # One update: each one of a figure with a trace per trial costs milliseconds.
+        fig.update_layout(xaxis={**axis, "automargin": True}, margin={"b": bottom})
         height += max(0, bottom - 80)  # the labels' room comes on top, not out of the plot
     return titled(fig, "Parallel coordinates of completed trials", height)
 
@@ -110,8 +109,13 @@ def slice_figure(
 ) -> go.Figure:
     """Optuna's slices, with one power-of-ten label per decade on log axes."""
     fig = optuna.visualization.plot_slice(snap, params=params, target_name=cfg.metric)
-    for ax in fig.select_xaxes(selector={"type": "log"}):
-        seen = [t.params[ax.title.text] for t in done if ax.title.text in t.params]
-        if seen:
-            ax.update(**log_ticks(min(seen), max(seen)))
+    axes = {}
+    for key in fig.layout:
+        ax = fig.layout[key]
+        if key.startswith("xaxis") and ax.type == "log":
+            name = ax.title.text
+            seen = [t.params[name] for t in done if name in t.params]
+            if seen:
+                axes[key] = log_ticks(min(seen), max(seen))
+    fig.update_layout(axes)
     return titled(fig, "Metric against each parameter")
