@@ -43,6 +43,10 @@ table { border-collapse: collapse; }
 .trials th[data-dir=desc]::after { content: " \\25BC"; }
 .trials tr.pruned td { color: #a33; }
 .trials tr.fail td { color: #b60; }
+.per-type { margin-top: 1rem; }
+.per-type caption { text-align: left; font-weight: bold; padding-bottom: .3rem; }
+.per-type th, .per-type td { padding: .2rem 1rem .2rem 0; text-align: right; }
+.per-type th:first-child, .per-type td:first-child { text-align: left; }
 """
 
 
@@ -90,6 +94,41 @@ def _duration(t: FrozenTrial, now: datetime) -> float | None:
     return None if end is None else (end - t.datetime_start).total_seconds()
 
 
+def per_type_scores(t: FrozenTrial) -> dict[str, dict[str, float]]:
+    """The trial's per-entity-type scores at its best evaluation, by type name; empty for a
+    trial that never finished one (or an old one recorded without them)."""
+    scores = t.user_attrs.get("best_scores")
+    per = scores.get("per_type") if isinstance(scores, dict) else None
+    if not isinstance(per, dict):
+        return {}
+    return {str(k): v for k, v in sorted(per.items())
+            if isinstance(v, dict) and finite(v.get("f1-score"))}
+
+
+def per_type_text(per: dict[str, dict[str, float]]) -> str:
+    return " ".join(f"{k} {m['f1-score']:.2f}" for k, m in per.items())
+
+
+def per_type_html(t: FrozenTrial) -> str:
+    """The best trial per entity type: a micro F1 can hide one type the model never finds."""
+    per = per_type_scores(t)
+    if not per:
+        return ""
+
+    def num(m: dict, key: str, spec: str) -> str:
+        return format(m[key], spec) if finite(m.get(key)) else ""
+
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{num(m, 'precision', '.4f')}</td>"
+        f"<td>{num(m, 'recall', '.4f')}</td><td>{num(m, 'f1-score', '.4f')}</td>"
+        f"<td>{num(m, 'support', '.0f')}</td></tr>"
+        for k, m in per.items()
+    )
+    return (f'<table class="per-type"><caption>Best trial (#{t.number}) per entity type'
+            "</caption><thead><tr><th>type</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
 def trial_notes(t: FrozenTrial) -> str:
     """Why a trial ended as it did, in the words ``hpsearch status`` uses."""
     parts = []
@@ -133,26 +172,41 @@ def summary_html(trials: list[FrozenTrial], cfg: StudyConfig, study_name: str) -
                      f"{fmt_seconds(statistics.median(finished))}, max "
                      f"{fmt_seconds(max(finished))}"))
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    per_type = per_type_html(best_of(done, cfg)) if done else ""
     empty = "" if done else (
         '<p class="empty"><strong>No completed trials yet.</strong> The plots appear once a '
         "trial completes; run the study (<code>hpsearch run</code>) or wait for its workers.</p>"
     )
-    return f'<table class="summary">{body}</table>{empty}'
+    return f'<table class="summary">{body}</table>{per_type}{empty}'
+
+
+PER_TYPE_HEAD = "F1 per type"
+
+PER_TYPE_TITLE = "F1 of each entity type at the trial's best evaluation; sorts by the weakest"
 
 
 def trial_table_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
     """A plain table; a click on a header sorts it (see ``_SORT_JS``)."""
     names = param_names(cfg, trials)
     now = datetime.now()
-    heads = ["#", "state", cfg.metric, *names, "duration", "notes"]
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    pers = [per_type_scores(t) for t in trials]
+    by_type = any(pers)  # a study from before per-type scores were kept gets no empty column
+    heads = ["#", "state", cfg.metric, *[PER_TYPE_HEAD] * by_type, *names, "duration", "notes"]
+    tips = {3: PER_TYPE_TITLE} if by_type else {}
+    head = "".join(
+        (f'<th title="{html.escape(tips[i])}">' if i in tips else "<th>") + f"{html.escape(h)}</th>"
+        for i, h in enumerate(heads)
+    )
     rows = []
-    for t in trials:
+    for t, per in zip(trials, pers):
         d = _duration(t, now)
         cells = [
             (t.number, str(t.number)),
             (t.state.name, t.state.name.lower()),
             (t.value if finite(t.value) else "", "" if t.value is None else f"{t.value:.4f}"),
+            # sorts by the weakest type: the trials that miss one type entirely come together
+            *[(min((m["f1-score"] for m in per.values()), default=""), per_type_text(per))]
+            * by_type,
             *((t.params.get(n, ""), _fmt(t.params[n]) if n in t.params else "") for n in names),
             (d if d is not None else "", fmt_seconds(d)),
             (trial_notes(t), trial_notes(t)),

@@ -9,7 +9,19 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import FloatParam, StudyConfig
-from hpsearch.plots.common import COLORSCALE, LANDSCAPE_GRID, Views, completed, titled, varied
+from hpsearch.plots.common import (
+    COLORSCALE,
+    LANDSCAPE_GRID,
+    LANDSCAPE_RADIUS,
+    Views,
+    completed,
+    log_ticks,
+    titled,
+    varied,
+)
+
+#: Said under the landscape's title, so that a blank is read as "not measured", not as a bug.
+BLANK_NOTE = "Blank: no completed trial nearby, so nothing to average there."
 
 
 def landscape_axes(cfg: StudyConfig) -> tuple[str, str] | None:
@@ -36,7 +48,9 @@ def landscape_figure(
     """The metric over two parameters: a smoothed surface of completed trials, and the samples.
 
     The surface is a Gaussian-kernel average on a fixed grid in (log) parameter space, so its
-    cost and size do not grow with the number of trials the way an exact contour does.
+    cost and size do not grow with the number of trials the way an exact contour does. It stops
+    at ``LANDSCAPE_RADIUS`` from the trials: past that it would be an extrapolation drawn with
+    the same confidence as a measurement.
     """
     px, py = cfg.search_space[x], cfg.search_space[y]
     xlog, ylog = px.log, py.log
@@ -44,6 +58,7 @@ def landscape_figure(
     pruned = [t for t in trials if t.state == TrialState.PRUNED and x in t.params and y in t.params]
     fig = go.Figure()
     note = None
+    surface = False
     xr = _axis_range(px.low, px.high, [t.params[x] for t in done + pruned], xlog)
     yr = _axis_range(py.low, py.high, [t.params[y] for t in done + pruned], ylog)
     values = [t.value for t in done]
@@ -56,6 +71,7 @@ def landscape_figure(
             x=gx, y=gy, z=z, coloraxis="coloraxis", contours_coloring="heatmap",
             line_width=0.5, ncontours=15, hoverinfo="skip", name="smoothed",
         ))
+        surface = True
     else:
         note = "Too few distinct completed trials for a surface: only the samples are shown."
     fig.add_trace(go.Scatter(
@@ -80,10 +96,15 @@ def landscape_figure(
         legend={"orientation": "h", "y": -0.18},
     )
     fig.update_xaxes(title_text=x, type="log" if xlog else "linear",
-                     range=[math.log10(v) for v in xr] if xlog else xr)
+                     range=[math.log10(v) for v in xr] if xlog else xr,
+                     **(log_ticks(*xr) if xlog else {}))
     fig.update_yaxes(title_text=y, type="log" if ylog else "linear",
-                     range=[math.log10(v) for v in yr] if ylog else yr)
-    return titled(fig, f"{cfg.metric} over {x} x {y}", height=540), note
+                     range=[math.log10(v) for v in yr] if ylog else yr,
+                     **(log_ticks(*yr) if ylog else {}))
+    titled(fig, f"{cfg.metric} over {x} x {y}", height=540)
+    if surface:
+        fig.update_layout(title_subtitle_text=BLANK_NOTE)
+    return fig, note
 
 
 def _axis_range(low: float, high: float, seen: list[float], log: bool) -> list[float]:
@@ -97,9 +118,13 @@ def _axis_range(low: float, high: float, seen: list[float], log: bool) -> list[f
 
 def smooth_surface(
     xs: list[float], ys: list[float], zs: list[float], xr: list[float], yr: list[float],
-    xlog: bool, ylog: bool, grid: int = LANDSCAPE_GRID,
+    xlog: bool, ylog: bool, grid: int = LANDSCAPE_GRID, radius: float = LANDSCAPE_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nadaraya-Watson average of the metric on a grid x grid mesh, in normalised space."""
+    """Nadaraya-Watson average of the metric on a grid x grid mesh, in normalised space.
+
+    Cells farther than ``radius`` (in axis spans) from every sample are NaN, which plotly
+    leaves blank: a kernel average has a value everywhere, measured or not.
+    """
 
     def norm(v, r, log):
         v = np.log10(np.asarray(v, float)) if log else np.asarray(v, float)
@@ -116,6 +141,7 @@ def smooth_surface(
     logits = -d2 / (2 * h * h)
     w = np.exp(logits - logits.max(axis=1, keepdims=True))
     z = (w @ np.asarray(zs, float)) / w.sum(axis=1)
+    z[d2.min(axis=1) > radius * radius] = np.nan
 
     def back(lo, hi, log):
         v = lo + u * (hi - lo)

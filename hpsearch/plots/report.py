@@ -37,15 +37,35 @@ def write_report(
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader of ``path`` sees the old file or the new one, never half.
+
+    ``mkstemp`` makes its file private (0600); the report gets the mode any other file the user
+    writes there gets (0666 less the umask), or a colleague sharing the folder cannot open it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere it is read by setting it and put back at once: the report is written from one
+    # thread, before any PNG export starts a browser.
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def export_png(figs: dict[str, go.Figure], png_dir: Path) -> list[Path]:
