@@ -229,15 +229,8 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
             interrupt(study, trial_id(trial))
             break
         t0 = time.time()
-        recv, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_trial_process, name=f"hpsearch-trial-{trial.number}",
-                            args=(cfg, trial_id(trial), prep, send, os.getpid()))
-        with _signals_held():
-            child.start()
-            state["child"] = child
-            if state["stop"]:  # asked before there was a child to tell
-                _tell(child.pid, signal.SIGTERM)
-        send.close()
+        child, recv = _start_child(ctx, state, _trial_process, f"hpsearch-trial-{trial.number}",
+                                   cfg, trial_id(trial), prep)
         try:
             outcome = recv.recv()  # returns when the child reports, or at EOF when it dies
         except EOFError:
@@ -254,8 +247,21 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
     sys.exit(130 if state["stop"] else 0)
 
 
-def _fused_process(cfg: StudyConfig, prep, conn, parent: int, worker: str,
-                   deadline: float | None) -> None:
+def _start_child(ctx, state: dict, target, name: str, *args):
+    """A child process ``target(*args, conn, parent)`` and the end of its pipe we read."""
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=target, name=name, args=(*args, send, os.getpid()))
+    with _signals_held():
+        child.start()
+        state["child"] = child
+        if state["stop"]:  # asked before there was a child to tell
+            _tell(child.pid, signal.SIGTERM)
+    send.close()
+    return child, recv
+
+
+def _fused_process(cfg: StudyConfig, prep, worker: str, deadline: float | None, conn,
+                   parent: int) -> None:
     """The child that trains fused arrays until the study needs no more; reports each trial."""
     _die_with_parent(parent)
     for sig in _STOP_SIGNALS:
@@ -277,16 +283,9 @@ def _fused_process(cfg: StudyConfig, prep, conn, parent: int, worker: str,
 def _fused_round(cfg: StudyConfig, study: optuna.Study, prep, conn, state: dict, ctx,
                  worker: str, label: str, deadline: float | None) -> bool:
     """Run one fused child to its end and relay what it reports; True if the disk filled."""
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_fused_process, name="hpsearch-fused",
-                        args=(cfg, prep, send, os.getpid(), worker, deadline))
     t0 = time.time()
-    with _signals_held():
-        child.start()
-        state["child"] = child
-        if state["stop"]:  # asked before there was a child to tell
-            _tell(child.pid, signal.SIGTERM)
-    send.close()
+    child, recv = _start_child(ctx, state, _fused_process, "hpsearch-fused", cfg, prep,
+                               worker, deadline)
     full = False
     while True:
         try:

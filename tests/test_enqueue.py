@@ -23,6 +23,9 @@ def test_the_study_files_points_are_queued_once_however_often_it_runs(tmp_path, 
     assert t.state == TrialState.WAITING and t.number == 0
     assert t.system_attrs["fixed_params"] == HF_DEFAULTS
     assert t.user_attrs["enqueued"] == "study file"
+    from hpsearch.plots import trial_notes
+
+    assert "enqueued (study file)" in trial_notes(t)  # the report's trial table says so
 
 
 @pytest.mark.parametrize("point,message", [

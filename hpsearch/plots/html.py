@@ -141,6 +141,8 @@ def trial_notes(t: FrozenTrial) -> str:
         parts.append(str(t.user_attrs["error"])[:300])
     if A_RETRY_OF in t.system_attrs:
         parts.append(f"continues #{t.system_attrs[A_RETRY_OF]}")
+    if t.user_attrs.get("enqueued"):
+        parts.append(f"enqueued ({t.user_attrs['enqueued']})")
     if t.state == TrialState.PRUNED:
         step = t.user_attrs.get("pruned_step", max(t.intermediate_values, default=None))
         parts.append(f"pruned at step {step}" if step is not None else "pruned")
