@@ -27,9 +27,11 @@ from hpsearch.attrs import (
     INTERRUPTED,
     counts_toward_total,
 )
+from hpsearch.config import load_study
 from hpsearch.opening import open_study
 from hpsearch.recovery import process_alive
 from hpsearch.space import suggest
+from hpsearch.storage import open_storage
 from hpsearch.study import start_study
 from hpsearch.trainer.checkpoint import list_checkpoints
 from hpsearch.trial import claim_trial
@@ -107,14 +109,18 @@ def test_killed_worker_trial_is_resumed_by_a_survivor(tmp_path, demo_dir):
     proc = spawn_hpsearch("run", str(path), "--workers", "3")
     trials_dir = tmp_path / "out" / "trials"
     deadline = time.time() + 120
+    study = None
     while True:  # one snapshot: a trial with a checkpoint, and another one running
         assert time.time() < deadline, "no two trials running with a checkpoint in time"
         assert proc.poll() is None, proc.communicate()
-        try:
-            running = trials_of(path, states=(TrialState.RUNNING,))
-        except KeyError:  # not created yet
-            time.sleep(0.2)
-            continue
+        if study is None:  # opened once: a fresh open per look is slow enough to miss the moment
+            try:
+                study = optuna.load_study(study_name="kill", storage=open_storage(
+                    load_study(path).storage_url, heartbeat=False))
+            except KeyError:  # not created yet
+                time.sleep(0.2)
+                continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         running = [t for t in running if t.system_attrs.get(A_PID, -1)
                    not in (-1, t.system_attrs.get(A_WORKER_PID))]
         steps = {t.number: list_checkpoints(trials_dir / f"trial-{t.number:04d}" / "checkpoints")

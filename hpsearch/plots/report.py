@@ -85,6 +85,16 @@ def export_png(figs: dict[str, go.Figure], png_dir: Path) -> list[Path]:
         return paths
     try:
         pio.write_images(list(figs.values()), paths, format="png", width=1100)
+        # On a busy machine kaleido can drop a figure without raising: draw it once more.
+        missing = [(fig, path) for fig, path in zip(figs.values(), paths) if not path.exists()]
+        if missing:
+            pio.write_images([f for f, _ in missing], [p for _, p in missing], format="png",
+                             width=1100)
+        still = [p.name for p in paths if not p.exists()]
+        if still:
+            raise ExportError(f"PNG export wrote no {', '.join(still)} (kaleido gave no reason)")
+    except ExportError:
+        raise
     except Exception as e:  # kaleido reports a missing browser in several exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ExportError(
