@@ -151,6 +151,8 @@ def test_kill_9_of_a_fused_run_resumes_every_member_from_its_checkpoint(tmp_path
     r = hpsearch("run", str(killed))
     assert r.returncode == 0, r.stderr
     assert "resumed interrupted trial(s): 0, 1, 2" in r.stdout
+    # said when they are found, before the trials that continue them
+    assert r.stdout.index("resumed interrupted") < r.stdout.index("\ntrial ")
     done = [t for t in trials_of(killed) if t.state == TrialState.COMPLETE]
     assert len(done) == 3
     for t in done:
