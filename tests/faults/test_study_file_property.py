@@ -1,4 +1,5 @@
-"""Any mapping at all either loads into a valid study or is one ConfigError line: no traceback."""
+"""Any mapping at all either loads into a valid study or is ConfigError lines, one per
+problem, each naming the file: no traceback."""
 
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ def _check(data) -> None:
     try:
         cfg = parse_study(data, "study.yaml")
     except ConfigError as e:
-        text = str(e)
-        assert text.startswith("study.yaml: ") and "\n" not in text, text
+        lines = getattr(e, "lines", [str(e)])
+        assert lines and str(e) == "\n".join(lines), str(e)
+        for line in lines:  # every problem is one line of its own, naming the file
+            assert line.startswith("study.yaml: ") and "\n" not in line, line
         return
     assert isinstance(cfg, StudyConfig)
 
