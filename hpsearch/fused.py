@@ -76,7 +76,10 @@ class _StudyFeed:
         return None
 
     def done(self, job, result, error: Exception | None) -> None:
-        s: Started = job.tag
+        self.end(job.tag, result, error)
+
+    def end(self, s: Started, result, error: Exception | None) -> None:
+        """Record a started trial's end and let go of it."""
         tid = trial_id(s.trial)
         self.active.pop(tid, None)
         self.beat.discard(tid)
@@ -126,20 +129,12 @@ def run_fused(
         except Interrupted as e:
             for tid in list(feed.active):
                 interrupt(study, tid)
-            feed.release_unstarted()
             raise StudyInterrupted(f"{len(feed.active)} fused trial(s) checkpointed; "
                                    "run again to resume") from e
         except Exception as e:  # the array itself failed (out of memory, say): all of it
             for s in list(feed.active.values()):
-                feed.done(_JobOf(s), None, e)
-            feed.release_unstarted()
+                feed.end(s, None, e)
             del e
-        feed.release_unstarted()
+        finally:
+            feed.release_unstarted()
     return feed
-
-
-class _JobOf:
-    """A started trial seen as the job it was given, to record its end like any other."""
-
-    def __init__(self, started: Started):
-        self.tag = started

@@ -197,7 +197,7 @@ class _Array:
         self.sync_every = self.plan.sync_every or 10
         self.steps = 0  # steps the array has taken, whoever was in its slots
         self._batches: dict[tuple, list[np.ndarray]] = {}
-        self._last_losses = torch.zeros(k)
+        self._lrs = [0.0] * k  # each slot's learning rate at the last step
 
     def members(self) -> list[tuple[int, _Member]]:
         return [(i, m) for i, m in enumerate(self.slots) if m is not None]
@@ -228,7 +228,7 @@ class _Array:
                 try:
                     self._start(slot, job)
                 except Exception as e:  # its checkpoint does not fit, say: it alone fails
-                    self._close(slot, job)
+                    self._close(slot)
                     feed.done(job, None, e)
             if self.slots[slot] is None:
                 break
@@ -253,7 +253,7 @@ class _Array:
             self.optimizer.load_member_state_dict(new, opt)
         self.nonfinite = self.nonfinite[live].clone()
         self.slots = [m for m, _, _ in members]
-        self._lrs = [self._lrs[i] for i in live] if hasattr(self, "_lrs") else []
+        self._lrs = [self._lrs[i] for i in live]
 
     def _start(self, slot: int, job: Job) -> None:
         cfg = job.cfg
@@ -291,7 +291,7 @@ class _Array:
                 trial_dir.adopt_best(found.path.parent.parent, job.out_dir)
         m.t_start = time.perf_counter() - st.train_seconds
 
-    def _close(self, slot: int, job: Job) -> None:
+    def _close(self, slot: int) -> None:
         m = self.slots[slot]
         if m is not None:
             m.log.removeHandler(m.handler)
@@ -315,7 +315,7 @@ class _Array:
                 data_seconds=m.data_seconds, resumed_from_step=m.resumed_from,
                 history=st.history, startup_seconds=m.startup_seconds,
                 first_step_at=m.first_step_at)
-        self._close(slot, m.job)
+        self._close(slot)
         feed.done(m.job, result, error)
 
     # ----------------------------------------------------------------------------- stages
