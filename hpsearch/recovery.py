@@ -53,7 +53,8 @@ def process_alive(pid: int) -> bool:
 
 
 def is_dead(t: FrozenTrial, now: float | None = None) -> bool:
-    """A RUNNING trial nobody is running: its process is gone, or its heartbeat went silent."""
+    """A RUNNING trial nobody is running: its processes are gone (on this machine), or its
+    heartbeat went silent (on another one, where its processes cannot be asked)."""
     if t.state != TrialState.RUNNING:
         return False
     attrs = t.system_attrs
@@ -61,9 +62,10 @@ def is_dead(t: FrozenTrial, now: float | None = None) -> bool:
         pids = {int(attrs[A_PID]), int(attrs.get(A_WORKER_PID, attrs[A_PID]))}
         if os.getpid() in pids:
             return False
-        # A trial process that crashed under a live worker is that worker's to report.
-        if not any(process_alive(pid) for pid in pids):
-            return True
+        # On this machine the processes themselves say it: a trial process that crashed under
+        # a live worker is that worker's to report, and a slow trial whose heartbeat lagged
+        # under load must not be run twice.
+        return not any(process_alive(pid) for pid in pids)
     beat = attrs.get(A_BEAT)
     if beat is None and t.datetime_start is not None:
         beat = t.datetime_start.timestamp()
