@@ -170,6 +170,16 @@ def test_bayes_backend_fuses_three_trials(tmp_path, demo_dir):
     assert all("hpsearch:sampled_by" in t.system_attrs for t in trials)
 
 
+def test_fp16_fuses_and_fails_each_member_on_a_cpu_as_a_solo_trial_would(tmp_path, demo_dir):
+    """fp16 is accepted with fuse > 1 (each member scales its own loss); on a CPU, which has
+    no fp16 training, every trial fails with the solo trial's reason and the run ends."""
+    path = write_study(tmp_path, demo_dir, n_trials=2, trainer={"fuse": 2, "precision": "fp16"})
+    r = hpsearch("run", str(path))
+    trials = trials_of(path)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2, r.stderr
+    assert all("fp16 needs a CUDA device" in t.user_attrs["error"] for t in trials)
+
+
 def test_two_workers_each_run_a_fused_array(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=5)
     r = hpsearch("run", str(path), "--workers", "2", "--fuse", "2")

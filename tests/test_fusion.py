@@ -16,6 +16,7 @@ from hpsearch.trainer.batching import collate, make_batches
 from hpsearch.trainer.fusion import (
     FusedAdamW,
     FusedModel,
+    MemberScaler,
     clip_grad_norm_per_member,
     member_losses,
     stack_member_batches,
@@ -306,6 +307,59 @@ def test_member_state_goes_to_a_solo_run_and_comes_back(data):
     assert_weights_match(fused.model.member_state_dict(2), solos[2].model)
     assert fused.opt.member_state_dict(2)["param_groups"] == solos[2].opt.state_dict()[
         "param_groups"]
+
+
+def test_each_member_has_its_own_loss_scale_like_a_solo_grad_scaler(data):
+    """fp16 loss scaling, per member: a member whose scaled gradients overflow skips its step
+    and backs its scale off alone; the others step and grow theirs, each exactly as its solo
+    run's ``GradScaler`` would (run here in fp32 with scales big enough to overflow it)."""
+    starts = [2.0**16, 3e38, 2.0**20]  # member 1's first steps overflow even fp32
+    steps, interval = 8, 3
+    solos = [Solo(data.model(k), c) for k, c in enumerate(CFGS)]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=s, growth_interval=interval)
+               for s in starts]
+    fused = Fused([data.model(k) for k in range(3)], CFGS, data.pad)
+    ms = MemberScaler(3, "cpu", growth_interval=interval)
+    ms.scale = torch.tensor(starts)
+    schedule = [lrs(c, steps) for c in CFGS]
+    skipped = [0, 0, 0]
+    for step in range(steps):
+        batch = data.batches[step]
+        b = stack_member_batches([batch] * 3, data.pad)
+        losses = member_losses(fused.model(b["input_ids"], b["attention_mask"]), b["labels"])
+        ms.scale_losses(losses).sum().backward()
+        overflow = ms.unscale_(fused.model)
+        clip_grad_norm_per_member(fused.model, [c.max_grad_norm for c in CFGS])
+        active = torch.ones(3, dtype=torch.bool)
+        fused.opt.step([s[step] for s in schedule], active & ~overflow)
+        ms.update(overflow, active)
+        fused.opt.zero_grad()
+        for k, (solo, scaler) in enumerate(zip(solos, scalers)):
+            for group in solo.opt.param_groups:
+                group["lr"] = schedule[k][step]
+            loss = solo.model(**batch).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(solo.opt)
+            if solo.cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(solo.model.parameters(), solo.cfg.max_grad_norm)
+            before = scaler.get_scale()
+            scaler.step(solo.opt)
+            scaler.update()
+            skipped[k] += scaler.get_scale() < before
+            solo.opt.zero_grad(set_to_none=True)
+            assert bool(overflow[k]) == (scaler.get_scale() < before), (step, k)
+            assert losses[k].item() == pytest.approx(loss.item(), rel=RTOL)
+    assert skipped[1] >= 1 and skipped[0] == skipped[2] == 0
+    for k, (solo, scaler) in enumerate(zip(solos, scalers)):
+        assert ms.member_state_dict(k) == scaler.state_dict()
+        assert_weights_match(fused.model.member_state_dict(k), solo.model)
+        assert fused.opt.member_state_dict(k)["param_groups"] == solo.opt.state_dict()[
+            "param_groups"]
+    # A member's scaler state goes to a solo scaler and back.
+    ms.load_member_state_dict(0, scalers[1].state_dict())
+    assert ms.member_state_dict(0) == scalers[1].state_dict()
+    ms.load_member_state_dict(0, {})
+    assert ms.member_state_dict(0)["scale"] == 2.0**16
 
 
 def test_frozen_body_trains_only_the_heads_like_solo_runs(data):

@@ -86,7 +86,7 @@ class StudyConfig(Strict):
         return self
 
     def check_fusable(self) -> None:
-        """Members of a fused array share batch shapes, trained weights and one loss scale."""
+        """Members of a fused array share batch shapes and which weights train."""
         fuse = self.trainer.fuse
         if fuse == 1:
             return
@@ -96,9 +96,6 @@ class StudyConfig(Strict):
                     f"search_space.{name}: it changes the batches or the weights that train, "
                     f"so trials cannot be fused (trainer.fuse: {fuse}); use fuse: 1 to search it"
                 )
-        if self.trainer.precision == "fp16":
-            raise ValueError(f"trainer.precision: fp16 cannot be fused (trainer.fuse: {fuse}); "
-                             "use bf16 or fp32")
 
     # Derived locations: one place decides where a study keeps its things.
     @property

@@ -34,6 +34,7 @@ from hpsearch.trainer.fastpath import make_plan, plan_batch
 from hpsearch.trainer.fusion import (
     FusedAdamW,
     FusedModel,
+    MemberScaler,
     clip_grad_norm_per_member,
     member_losses,
     stack_member_batches,
@@ -190,6 +191,8 @@ class _Array:
         self.optimizer = FusedAdamW(self.model, weight_decay=base.weight_decay,
                                     betas=(base.adam_beta1, base.adam_beta2),
                                     eps=base.adam_epsilon, lr=base.learning_rate)
+        # fp16: a loss scale per member, so one member's overflow skips no one else's step
+        self.scaler = MemberScaler(k, self.device) if self.amp == torch.float16 else None
         self.build_seconds = time.perf_counter() - t0
         self.pad_id = prep.tokenizer.pad_token_id or 0
         self.slots: list[_Member | None] = [None] * k
@@ -252,11 +255,15 @@ class _Array:
             self.model.set_dropout(new, m.job.cfg.dropout)
             self.optimizer.load_member_state_dict(new, opt)
         self.nonfinite = self.nonfinite[live].clone()
+        if self.scaler is not None:
+            self.scaler.keep(live)
         self.slots = [m for m, _, _ in members]
         self._lrs = [self._lrs[i] for i in live]
 
     def _start(self, slot: int, job: Job) -> None:
         cfg = job.cfg
+        if self.scaler is not None and self.device.type != "cuda":
+            raise TrialStopped("config", "precision fp16 needs a CUDA device")
         job.out_dir.mkdir(parents=True, exist_ok=True)
         log, handler = trial_logger(job.out_dir)
         total = sum(len(self.batches(cfg, e)) for e in range(cfg.max_epochs))
@@ -279,11 +286,15 @@ class _Array:
                                     betas=(cfg.adam_beta1, cfg.adam_beta2),
                                     eps=cfg.adam_epsilon, lr=cfg.learning_rate)
         self.nonfinite[slot] = False
+        if self.scaler is not None:
+            self.scaler.reset_member(slot)
         found = find_checkpoint(job.resume_from, trial_dir.checkpoints(job.out_dir), st)
         if found is not None:
             weights, blob = ckpt.read(found)
             self.model.load_member_state_dict(slot, weights)
             self.optimizer.load_member_state_dict(slot, blob["optimizer"])
+            if self.scaler is not None:
+                self.scaler.load_member_state_dict(slot, blob["scaler"])
             take_over(st, found, m.metrics, log, job.reporter)
             m.resumed_from = m.checked = st.step
             if found.path.parent != trial_dir.checkpoints(job.out_dir):  # adopt it
@@ -334,13 +345,18 @@ class _Array:
         with autocast(self.device, self.amp):
             logits = self.model(batch["input_ids"], batch["attention_mask"])
         losses = member_losses(logits, batch["labels"])
-        torch.where(active, losses, torch.zeros_like(losses)).sum().backward()
+        scaled = losses if self.scaler is None else self.scaler.scale_losses(losses)
+        torch.where(active, scaled, torch.zeros_like(scaled)).sum().backward()
         self.nonfinite |= active & ~torch.isfinite(losses.detach())
+        # fp16: a member whose scaled gradients overflowed skips this step, as solo it would
+        overflow = None if self.scaler is None else self.scaler.unscale_(self.model)
         clip_grad_norm_per_member(self.model, [
             None if m is None else m.job.cfg.max_grad_norm for m in self.slots])
         lrs = [0.0 if m is None else lr_at(m.st.step, m.job.cfg, m.total, m.warmup)
                for m in self.slots]
-        self.optimizer.step(lrs, active)
+        self.optimizer.step(lrs, active if overflow is None else active & ~overflow)
+        if self.scaler is not None:
+            self.scaler.update(overflow, active)
         self.optimizer.zero_grad()
         self.steps += 1
         for _, m in self.members():
@@ -402,7 +418,8 @@ class _Array:
         try:
             ckpt.write(trial_dir.checkpoints(m.job.out_dir),
                        weights=self.model.member_state_dict(slot),
-                       optimizer=self.optimizer.member_state_dict(slot), scaler={},
+                       optimizer=self.optimizer.member_state_dict(slot),
+                       scaler={} if self.scaler is None else self.scaler.member_state_dict(slot),
                        state=asdict(m.st))
         except OSError as e:
             if e.errno == errno.ENOSPC:  # the previous checkpoint is still whole

@@ -30,6 +30,7 @@ from hpsearch.trainer.fusion.batches import stack_member_batches
 from hpsearch.trainer.fusion.layers import FusedDropout, FusedEmbedding, FusedLayerNorm, FusedLinear
 from hpsearch.trainer.fusion.model import FusedModel, clip_grad_norm_per_member, member_losses
 from hpsearch.trainer.fusion.optim import FusedAdamW
+from hpsearch.trainer.fusion.scaler import MemberScaler
 
 __all__ = [
     "FusedAdamW",
@@ -38,6 +39,7 @@ __all__ = [
     "FusedLayerNorm",
     "FusedLinear",
     "FusedModel",
+    "MemberScaler",
     "clip_grad_norm_per_member",
     "member_losses",
     "stack_member_batches",
