@@ -53,7 +53,7 @@ from hpsearch.trainer.loop import (
     take_over,
 )
 from hpsearch.trainer.modeling import build_model
-from hpsearch.trainer.optim import lr_at, warmup_steps
+from hpsearch.trainer.optim import lr_at, total_steps, warmup_steps
 from hpsearch.trainer.runtime import (
     autocast,
     resolve_device,
@@ -266,8 +266,7 @@ class _Array:
             raise TrialStopped("config", "precision fp16 needs a CUDA device")
         job.out_dir.mkdir(parents=True, exist_ok=True)
         log, handler = trial_logger(job.out_dir)
-        total = sum(len(self.batches(cfg, e)) for e in range(cfg.max_epochs))
-        total = min(total, cfg.max_steps) if cfg.max_steps else total
+        total = total_steps(cfg, [len(self.batches(cfg, e)) for e in range(cfg.max_epochs)])
         st = TrainState(config=cfg.model_dump(mode="json", exclude=set(RUN_ONLY)),
                         widths=list(self.plan.widths) if self.plan.widths
                         and cfg.batch_size is None else None)

@@ -34,7 +34,7 @@ from hpsearch.trainer.fastpath import Runner, make_plan, plan_batch
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.kernels import use_cpu_kernels
 from hpsearch.trainer.modeling import build_model
-from hpsearch.trainer.optim import lr_at, make_optimizer, warmup_steps
+from hpsearch.trainer.optim import lr_at, make_optimizer, total_steps, warmup_steps
 from hpsearch.trainer.runtime import (
     resolve_device,
     resolve_precision,
@@ -287,8 +287,7 @@ class _Training:
                          seed=seed, epoch=e, widths=plan.widths)
             for e in range(cfg.max_epochs)
         ]
-        total = sum(len(b) for b in self.epochs)
-        self.total = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.total = total_steps(cfg, [len(b) for b in self.epochs])
         self.warmup = warmup_steps(cfg, self.total)
         self.log_every = max(1, self.total // 100)
         self.sync_every = plan.sync_every or self.log_every

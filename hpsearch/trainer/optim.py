@@ -22,6 +22,13 @@ def lr_at(step: int, cfg: TrainerConfig, total: int, warmup: int) -> float:
     return cfg.learning_rate * max(0.0, 1.0 - progress)
 
 
+def total_steps(cfg: TrainerConfig, epoch_lengths: list[int]) -> int:
+    """Optimizer steps of the whole trial: every epoch's batches, cut at ``max_steps``. The
+    schedule decays to zero there, so a solo run and a fused member must count alike."""
+    total = sum(epoch_lengths)
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
 def warmup_steps(cfg: TrainerConfig, total: int) -> int:
     return math.ceil(cfg.warmup_ratio * total)
 
