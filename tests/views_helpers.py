@@ -8,6 +8,7 @@ real search produces (completed, pruned, failed with a reason, a resumed continu
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import random
 from pathlib import Path
@@ -132,3 +133,31 @@ def make_synthetic_study(
         trials.append(trial)
     study.add_trials(trials)
     return cfg, study
+
+
+def write_metrics_logs(cfg: StudyConfig, study: optuna.Study, every: int = 10) -> None:
+    """Each trial's metrics.jsonl, where the study lays its folders out, agreeing with the curves
+    in the database: a training row every ``every`` steps (a loss falling as the F1 climbs, the
+    trial's learning rate warming up then decaying) and an evaluation row per reported value,
+    with per-type F1s. The notebook's step-by-step views read these."""
+    from hpsearch.plots.curves import trial_folder
+
+    for t in study.get_trials(deepcopy=False):
+        if not t.intermediate_values:
+            continue
+        last, lr = max(t.intermediate_values), t.params["learning_rate"]
+        folder = trial_folder(t, cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for step in range(1, last + 1):
+            if step % every == 0 or step == 1:
+                rate = lr * min(1.0, step / (0.1 * last)) * (1 - 0.9 * step / last)
+                rows.append({"step": step, "loss": 2.5 * math.exp(-step / 60) + 0.05,
+                             "lr": rate, "grad_norm": None, "tokens_per_s": 1000.0, "epoch": 0})
+            if step in t.intermediate_values:
+                f1 = t.intermediate_values[step]
+                rows.append({"step": step, "epoch": 0, "eval": True, "val_f1": f1,
+                             "val_precision": f1, "val_recall": f1, "val_loss": 1 - f1,
+                             **{f"val_f1:{k}": min(1.0, max(0.0, f1 + TYPE_OFFSET[k]))
+                                for k in TYPES}})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
