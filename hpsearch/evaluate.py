@@ -29,7 +29,8 @@ def evaluate_folder(cfg: StudyConfig, folder: Path, split: str = "test",
     model = AutoModelForTokenClassification.from_pretrained(folder)
     tok = AutoTokenizer.from_pretrained(folder)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    data = read_data(data_dir(cfg), cfg.trainer.data_format, splits=(split,))
+    data = read_data(data_dir(cfg), cfg.trainer.data_format, splits=(split,),
+                     columns=(cfg.trainer.hf_tokens_column, cfg.trainer.hf_tags_column))
     part = data.splits[split]
     if split == "val":  # the study's validation set, as its trials saw it
         part = part.limit(cfg.trainer.val_limit)

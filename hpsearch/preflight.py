@@ -25,7 +25,8 @@ def preflight(cfg: StudyConfig) -> None:
         return
     from hpsearch.trainer.data import read_data
 
-    data = read_data(cfg.trainer.data_dir, cfg.trainer.data_format)
+    data = read_data(cfg.trainer.data_dir, cfg.trainer.data_format,
+                     columns=(cfg.trainer.hf_tokens_column, cfg.trainer.hf_tags_column))
     if cfg.metric.startswith("f1:"):
         kind = cfg.metric.removeprefix("f1:")
         kinds = sorted({t[2:] for t in data.labels if t[:2] in ("B-", "I-")})
@@ -46,9 +47,14 @@ def check_model_source(model: str) -> None:
         if not (folder / "config.json").exists():
             raise ModelSourceError(f"trainer.model: '{model}' is a folder without config.json")
         return
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if not could_be_hub_name(source):
         raise ModelSourceError(f"trainer.model: no folder '{source}'")
     _check_hub(source)
+
+
+def could_be_hub_name(name: str) -> bool:
+    """``name`` or ``owner/name``; anything else is a path, and a missing path is not the hub's."""
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1
 
 
 def _check_hub(name: str) -> None:
@@ -60,26 +66,38 @@ def _check_hub(name: str) -> None:
         raise ModelSourceError(
             f"trainer.model: '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE "
             "is set; download it where the hub is reachable, or point trainer.model at a folder")
-    import urllib.error
-    import urllib.request
-
-    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
-    url = f"{endpoint}/api/models/{name}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                                    timeout=HUB_TIMEOUT):
-            return
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            raise ModelSourceError(f"trainer.model: no model '{name}' on the hub ({endpoint}), "
-                                   "no folder and no package of that name") from None
-        if e.code in (401, 403):
-            raise ModelSourceError(f"trainer.model: '{name}' on {endpoint} needs a login "
-                                   "(huggingface-cli login) or access to a gated model") from None
-        return  # the hub answered something else: let from_pretrained try
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+    endpoint, status, reason = ask_hub("models", name)
+    if status == 404:
+        raise ModelSourceError(f"trainer.model: no model '{name}' on the hub ({endpoint}), "
+                               "no folder and no package of that name")
+    if status in (401, 403):
+        raise ModelSourceError(f"trainer.model: '{name}' on {endpoint} needs a login "
+                               "(huggingface-cli login) or access to a gated model")
+    if status is None:
         raise ModelSourceError(
             f"trainer.model: '{name}' is no folder or package here, and the hub ({endpoint}) "
             f"cannot be reached ({reason}); download it where the hub is reachable and point "
-            "trainer.model at the folder") from None
+            "trainer.model at the folder")
+    # any other answer: let from_pretrained try
+
+
+def ask_hub(kind: str, name: str) -> tuple[str, int | None, str]:
+    """(endpoint, HTTP status, why no status) of one HEAD request for ``api/{kind}/{name}``.
+
+    One question with a short timeout, where the hub clients retry for half a minute.
+    """
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
+    url = f"{endpoint}/api/{kind}/{name}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                    timeout=HUB_TIMEOUT) as r:
+            return endpoint, r.status, ""
+    except urllib.error.HTTPError as e:
+        return endpoint, e.code, ""
+    except (urllib.error.URLError, OSError) as e:
+        return endpoint, None, str(getattr(e, "reason", e))

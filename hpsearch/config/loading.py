@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from hpsearch.config.hints import closest, did_you_mean
 from hpsearch.config.study import StudyConfig
-from hpsearch.config.trainer import RUN_ONLY, TrainerConfig
+from hpsearch.config.trainer import RECORDED_IF_SET, RUN_ONLY, TrainerConfig
 from hpsearch.errors import ConfigError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -266,7 +266,7 @@ def load_study(path: str | Path, *, check_paths: bool = True) -> StudyConfig:
 
 def check_data_dir(cfg: StudyConfig, source: str) -> None:
     d = cfg.trainer.data_dir
-    if d == "demo":
+    if d == "demo" or cfg.trainer.data_format == "hf":  # hf: a hub name is no folder
         return
     if not Path(d).is_dir():
         raise ConfigError(f"{source}: trainer.data_dir: directory '{d}' does not exist")
@@ -278,10 +278,12 @@ def study_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     n_trials, timeout, storage and output_dir may change freely: raising n_trials is how a user
     asks for more trials.
     """
+    at_default = {k for k in RECORDED_IF_SET
+                  if getattr(cfg.trainer, k) == TrainerConfig.model_fields[k].default}
     return cfg.model_dump(
         mode="json",
         include={"direction", "metric", "search_space", "trainer", "backend"},
-        exclude={"trainer": set(RUN_ONLY)},
+        exclude={"trainer": set(RUN_ONLY) | at_default},
     )
 
 

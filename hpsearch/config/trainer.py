@@ -47,8 +47,18 @@ class TrainerConfig(Strict):
         "folder shipped inside an installed Python package",
     )
     scratch: ScratchModel = Field(default_factory=ScratchModel)
-    data_dir: str = Field(description="a data folder, or 'demo' for the generated demo set")
-    data_format: Literal["auto", "bert-ner", "conll"] = "auto"
+    data_dir: str = Field(
+        description="a data folder, 'demo' for the generated demo set, or (data_format: hf) "
+        "a 🤗 datasets hub name")
+    data_format: Literal["auto", "bert-ner", "conll", "hf"] = Field(
+        default="auto", description="auto finds bert-ner, conll, or hf by a save_to_disk "
+        "folder's dataset_dict.json; a hub name needs hf")
+    hf_tokens_column: str = Field(default="tokens", min_length=1,
+                                  description="hf: the column of word lists")
+    hf_tags_column: str = Field(
+        default="ner_tags", min_length=1,
+        description="hf: the column of tag lists, ClassLabel ids (their names are the tags) "
+        "or tag strings")
     train_limit: int | None = Field(default=None, ge=1, description="use the first N sentences")
     val_limit: int | None = Field(default=None, ge=1)
     max_length: int = Field(default=128, ge=8, description="sub-word tokens per window")
@@ -105,6 +115,10 @@ class TrainerConfig(Strict):
 #: Trainer fields that describe how a run is carried out, not what it computes: a checkpoint
 #: written under other values resumes all the same, and changing them is not a new study.
 RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse"})
+
+#: Fields added after studies had been recorded: at their default they are left out of a
+#: study's fingerprint, so a study recorded before them resumes; set otherwise, they count.
+RECORDED_IF_SET = frozenset({"hf_tokens_column", "hf_tags_column"})
 
 #: Searched fields that change a batch's shape or which weights train: fused members share
 #: every batch's shape and the set of trained weights, so these cannot differ between them.

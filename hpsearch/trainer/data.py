@@ -1,4 +1,5 @@
-"""NER data readers: the BERT-NER-pytorch folder layout and CoNLL column files.
+"""NER data readers: the BERT-NER-pytorch folder layout and CoNLL column files (and, through
+``hf_data``, a 🤗 ``datasets`` dataset).
 
 A bad line in a 40,000-sentence file must be findable, so every problem is a :class:`DataError`
 naming the file and the line. What can be repaired without guessing is repaired: CRLF line ends
@@ -56,9 +57,12 @@ def detect_format(data_dir: Path) -> str:
         return "bert-ner"
     if any((data_dir / n).exists() for n in _CONLL_NAMES["train"]):
         return "conll"
+    if (data_dir / "dataset_dict.json").exists():  # what DatasetDict.save_to_disk writes
+        return "hf"
     raise DataError(
         f"{data_dir}: no training data found (expected train/sentences.txt + train/tags.txt, "
-        f"or a CoNLL file named one of {', '.join(_CONLL_NAMES['train'])})"
+        f"a CoNLL file named one of {', '.join(_CONLL_NAMES['train'])}, "
+        "or a 🤗 datasets folder with dataset_dict.json)"
     )
 
 
@@ -81,7 +85,7 @@ def read_lines(path: Path) -> list[str]:
     return [ln.rstrip("\r") for ln in lines]
 
 
-def to_bio(tags: list[str], path: Path, line: int) -> list[str]:
+def to_bio(tags: list[str], path: Path | str, line: int) -> list[str]:
     """BIOES/IOBES and IOB1 spans to BIO (IOB2); anything else that is not a tag is an error."""
     out: list[str] = []
     prev = "O"
@@ -180,7 +184,7 @@ def read_label_file(path: Path) -> list[str]:
     return bio
 
 
-def to_bio_labels(labels: list[str], path: Path) -> list[str]:
+def to_bio_labels(labels: list[str], path: Path | str) -> list[str]:
     types: list[str] = []
     for i, t in enumerate(labels, start=1):
         if t == "O":
@@ -200,13 +204,26 @@ def label_list(types: list[str]) -> list[str]:
     return out
 
 
+def labels_of(splits: dict[str, Split]) -> list[str]:
+    """The tag set of data that comes without one: every type seen, in a stable order."""
+    types = sorted({t[2:] for s in splits.values() for seq in s.tags for t in seq if t != "O"})
+    return label_list(types)
+
+
 def read_data(
-    data_dir: str | Path, fmt: str = "auto", splits: tuple[str, ...] = ("train", "val")
+    data_dir: str | Path, fmt: str = "auto", splits: tuple[str, ...] = ("train", "val"), *,
+    columns: tuple[str, str] = ("tokens", "ner_tags"),
 ) -> NerData:
-    data_dir = Path(data_dir)
+    """``columns``: the token and tag columns of a 🤗 datasets dataset (``fmt`` hf)."""
+    source, data_dir = str(data_dir), Path(data_dir)
+    if fmt == "auto" and data_dir.is_dir():
+        fmt = detect_format(data_dir)
+    if fmt == "hf":  # a hub name is no folder: hf_data decides what the name is
+        from hpsearch.trainer.hf_data import read_hf
+
+        return read_hf(source, splits, *columns)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data directory does not exist")
-    fmt = detect_format(data_dir) if fmt == "auto" else fmt
     out: dict[str, Split] = {}
     for split in splits:
         if fmt == "bert-ner":
@@ -223,10 +240,5 @@ def read_data(
         for split in out.values():
             _check_labels(split, set(labels), split.files[1:] or split.files)
     else:
-        types: list[str] = []
-        for seq in (t for s in out.values() for t in s.tags):
-            for t in seq:
-                if t != "O" and t[2:] not in types:
-                    types.append(t[2:])
-        labels = label_list(sorted(types))
+        labels = labels_of(out)
     return NerData(labels=labels, splits=out, files=files)

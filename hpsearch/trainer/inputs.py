@@ -21,6 +21,7 @@ from pathlib import Path
 from hpsearch.config import TrainerConfig
 from hpsearch.trainer.data import _find_conll, detect_format, read_data
 from hpsearch.trainer.features import Encoded, cache_key, encode_cached, gold_of_windows
+from hpsearch.trainer.hf_data import hf_source_files
 from hpsearch.trainer.modeling import load_tokenizer, resolve_source, train_wordpiece
 
 
@@ -57,8 +58,12 @@ def _memo_key(cfg: TrainerConfig, data_dir: Path, eval_split: str) -> tuple:
     return (
         str(data_dir.resolve()), cfg.data_format, cfg.train_limit, cfg.val_limit, cfg.model,
         cfg.scratch.model_dump_json() if cfg.model == "scratch" else "", cfg.max_length,
-        eval_split,
+        eval_split, *_columns(cfg),
     )
+
+
+def _columns(cfg: TrainerConfig) -> tuple[str, str]:
+    return cfg.hf_tokens_column, cfg.hf_tags_column
 
 
 def prepare(
@@ -77,7 +82,8 @@ def prepare(
         prep = Prepared(*fast, time.perf_counter() - t0, "disk cache")
         _MEMO[key] = prep
         return prep
-    data = read_data(data_dir, cfg.data_format, splits=("train", eval_split))
+    data = read_data(data_dir, cfg.data_format, splits=("train", eval_split),
+                     columns=_columns(cfg))
     train = data.splits["train"].limit(cfg.train_limit)
     val = data.splits[eval_split].limit(cfg.val_limit)
     if cfg.model == "scratch":
@@ -111,6 +117,8 @@ def prepare(
 def _data_files(data_dir: Path, fmt: str, splits: tuple[str, ...]) -> list[Path]:
     """The files ``read_data`` would read, found without parsing them."""
     fmt = detect_format(data_dir) if fmt == "auto" else fmt
+    if fmt == "hf":
+        return hf_source_files(str(data_dir), splits)
     files: list[Path] = []
     for split in splits:
         if fmt == "bert-ner":
