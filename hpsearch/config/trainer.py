@@ -106,6 +106,9 @@ class TrainerConfig(Strict):
     num_threads: int | None = Field(default=None, ge=1)
     seed: int | None = None
     progress: bool = True
+    monitor_every: int = Field(
+        default=10, ge=0, description="steps between per-layer gradient norms and activation "
+        "statistics in metrics.jsonl; 0 = off (loss and lr are logged every step regardless)")
     fuse: int = Field(
         default=1, ge=1, le=64,
         description="trials trained as one batched model (horizontal fusion); 1 = one by one",
@@ -114,7 +117,8 @@ class TrainerConfig(Strict):
 
 #: Trainer fields that describe how a run is carried out, not what it computes: a checkpoint
 #: written under other values resumes all the same, and changing them is not a new study.
-RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse"})
+RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse",
+                      "monitor_every"})
 
 #: Fields added after studies had been recorded: at their default they are left out of a
 #: study's fingerprint, so a study recorded before them resumes; set otherwise, they count.

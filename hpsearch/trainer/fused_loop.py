@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +54,7 @@ from hpsearch.trainer.loop import (
     take_over,
 )
 from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.monitor import Monitor, StepRow, eval_health, steps_rows
 from hpsearch.trainer.optim import lr_at, total_steps, warmup_steps
 from hpsearch.trainer.runtime import (
     autocast,
@@ -117,8 +119,8 @@ def train_fused(
     array = _Array(base, prep, k, metric, maximize)
     while array.fill(feed):
         # ---- the members' batches, one forward and backward for all, an update each
-        losses = array.step()
-        # ---- what this step owes each member: a loss check, a log line, an evaluation
+        array.step()
+        # ---- what this step owes each member: a loss check, its rows, an evaluation
         owed: dict[int, tuple[bool, bool, bool]] = {}
         for slot, m in array.members():
             st, cfg = m.st, m.job.cfg
@@ -127,15 +129,15 @@ def train_fused(
                 or last
             due_ckpt = not last and (
                 due_eval or bool(cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0))
-            try:
-                if due_eval or due_ckpt or st.step % array.sync_every == 0:
-                    array.check_finite(slot)
-            except TrialStopped as e:
-                array.finish(slot, feed, e)
-                continue
-            if st.step % max(1, m.total // 100) == 0:
-                array.log_step(slot, losses)
             owed[slot] = due_eval, due_ckpt, last
+        if array.steps % array.sync_every == 0 or any(e or c for e, c, _ in owed.values()):
+            array.flush()  # every member's rows since the last flush, in one read
+            for slot in list(owed):
+                try:
+                    array.check_finite(slot)
+                except TrialStopped as e:
+                    array.finish(slot, feed, e)
+                    del owed[slot]
         # ---- evaluate the members due (one pass for all); the pruner may end one here
         scores = array.score([slot for slot, (due_eval, _, _) in owed.items() if due_eval])
         for slot, (due_eval, due_ckpt, last) in owed.items():
@@ -158,6 +160,7 @@ def train_fused(
                            "array started" if first else "trial took its slot")
         # ---- a requested stop checkpoints every member and leaves
         if should_stop():
+            array.flush()
             for slot, _ in array.members():
                 try:
                     array.check_finite(slot)
@@ -193,6 +196,8 @@ class _Array:
                                     eps=base.adam_epsilon, lr=base.learning_rate)
         # fp16: a loss scale per member, so one member's overflow skips no one else's step
         self.scaler = MemberScaler(k, self.device) if self.amp == torch.float16 else None
+        self.monitor = Monitor(self.model, base.monitor_every, members=k)
+        self.pending: list[StepRow] = []  # array steps not yet read off the device
         self.build_seconds = time.perf_counter() - t0
         self.pad_id = prep.tokenizer.pad_token_id or 0
         self.slots: list[_Member | None] = [None] * k
@@ -201,6 +206,7 @@ class _Array:
         self.steps = 0  # steps the array has taken, whoever was in its slots
         self._batches: dict[tuple, list[np.ndarray]] = {}
         self._lrs = [0.0] * k  # each slot's learning rate at the last step
+        self._health: dict[str, Any] = {}  # the last evaluation pass's latency and memory
 
     def members(self) -> list[tuple[int, _Member]]:
         return [(i, m) for i, m in enumerate(self.slots) if m is not None]
@@ -255,6 +261,7 @@ class _Array:
             self.model.set_dropout(new, m.job.cfg.dropout)
             self.optimizer.load_member_state_dict(new, opt)
         self.nonfinite = self.nonfinite[live].clone()
+        self.monitor = Monitor(self.model, self.base.monitor_every, members=self.k)
         if self.scaler is not None:
             self.scaler.keep(live)
         self.slots = [m for m, _, _ in members]
@@ -308,8 +315,22 @@ class _Array:
             m.handler.close()
         self.slots[slot] = None
 
+    def flush(self) -> None:
+        """Every pending step's rows into each member's metrics.jsonl (before a slot changes
+        hands: the rows are by slot)."""
+        if not self.pending:
+            return
+        rows = steps_rows(self.pending, self.monitor)
+        self.pending = []
+        for slot, m in self.members():
+            if rows[slot]:
+                elapsed = max(time.perf_counter() - m.t_start, 1e-9)
+                rows[slot][-1]["tokens_per_s"] = m.st.train_tokens / elapsed
+                m.metrics.write_rows(rows[slot])
+
     def finish(self, slot: int, feed: Feed, error: Exception | None = None) -> None:
         """The member's trial ends: hand its result (or why it stopped) back; free the slot."""
+        self.flush()
         m = self.slots[slot]
         st = m.st
         result = None
@@ -330,8 +351,8 @@ class _Array:
 
     # ----------------------------------------------------------------------------- stages
 
-    def step(self) -> torch.Tensor:
-        """One optimizer step of every member on its own next batch; the ``[K]`` losses."""
+    def step(self) -> None:
+        """One optimizer step of every member on its own next batch."""
         batches: list[dict[str, torch.Tensor] | None] = [None] * self.k
         for slot, m in self.members():
             idx = self.batches(m.job.cfg, m.st.epoch)[m.st.batch]
@@ -341,15 +362,18 @@ class _Array:
         batch = {n: t.to(self.device, non_blocking=True)
                  for n, t in stack_member_batches(batches, self.pad_id).items()}
         active = torch.tensor([b is not None for b in batches], device=self.device)
-        with autocast(self.device, self.amp):
-            logits = self.model(batch["input_ids"], batch["attention_mask"])
+        watch = self.monitor.due(self.steps + 1)
+        with self.monitor.watching(batch["attention_mask"]) if watch else nullcontext():
+            with autocast(self.device, self.amp):
+                logits = self.model(batch["input_ids"], batch["attention_mask"])
         losses = member_losses(logits, batch["labels"])
         scaled = losses if self.scaler is None else self.scaler.scale_losses(losses)
         torch.where(active, scaled, torch.zeros_like(scaled)).sum().backward()
         self.nonfinite |= active & ~torch.isfinite(losses.detach())
         # fp16: a member whose scaled gradients overflowed skips this step, as solo it would
         overflow = None if self.scaler is None else self.scaler.unscale_(self.model)
-        clip_grad_norm_per_member(self.model, [
+        norms = self.monitor.grad_norms() if watch else None
+        total_norm = clip_grad_norm_per_member(self.model, [
             None if m is None else m.job.cfg.max_grad_norm for m in self.slots])
         lrs = [0.0 if m is None else lr_at(m.st.step, m.job.cfg, m.total, m.warmup)
                for m in self.slots]
@@ -359,14 +383,18 @@ class _Array:
         self.optimizer.zero_grad()
         self.steps += 1
         for _, m in self.members():
+            m.st.step += 1
+        self.pending.append(StepRow(
+            [None if m is None else m.st.step for m in self.slots],
+            [0 if m is None else m.st.epoch for m in self.slots], lrs, losses.detach(),
+            total_norm, norms, self.monitor.take_activations() if watch else None))
+        for _, m in self.members():
             st = m.st
-            st.step += 1
             st.batch += 1
             if st.batch == len(self.batches(m.job.cfg, st.epoch)):
                 st.epoch += 1
                 st.batch = 0
         self._lrs = lrs
-        return losses.detach()
 
     def check_finite(self, slot: int) -> None:
         m = self.slots[slot]
@@ -378,13 +406,6 @@ class _Array:
                                            f"(lr {self._lrs[slot]:.3g})")
         m.checked = st.step
 
-    def log_step(self, slot: int, losses: torch.Tensor) -> None:
-        m = self.slots[slot]
-        elapsed = max(time.perf_counter() - m.t_start, 1e-9)
-        m.metrics.write(step=m.st.step, loss=float(losses[slot]), lr=self._lrs[slot],
-                        grad_norm=None, tokens_per_s=m.st.train_tokens / elapsed,
-                        epoch=m.st.epoch)
-
     def score(self, slots: list[int]) -> dict[int, dict[str, Any]]:
         """Validation scores of the given members, in one pass of the array over the data."""
         if not slots:
@@ -395,6 +416,7 @@ class _Array:
             return self.model(ids.expand(k, *ids.shape), mask.expand(k, *mask.shape))
 
         self.model.eval()
+        t0 = time.perf_counter()
         try:
             scores = evaluate_members(
                 forward, slots, self.prep.val, self.prep.val_gold, self.prep.labels,
@@ -402,6 +424,8 @@ class _Array:
                              self.plan.multiple, cfg.seqeval_mode))
         finally:
             self.model.train()
+        # the array's pass scores every member due at once: its latency is theirs
+        self._health = eval_health(time.perf_counter() - t0, len(self.prep.val_gold), self.device)
         return dict(zip(slots, scores))
 
     def judge(self, slot: int, scores: dict[str, Any]) -> bool:
@@ -409,7 +433,7 @@ class _Array:
         m = self.slots[slot]
         return judge(m.st, scores, m.job.cfg, self.metric, self.maximize, m.metrics, m.log,
                      m.job.reporter, lambda: trial_dir.save_best(
-                         self.model.member_state_dict(slot), m.job.out_dir))
+                         self.model.member_state_dict(slot), m.job.out_dir), self._health)
 
     def checkpoint(self, slot: int) -> None:
         """The member's checkpoint, in the solo format: a solo run or another array resumes it."""

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ from hpsearch.trainer.fastpath import Runner, make_plan, plan_batch
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.kernels import use_cpu_kernels
 from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.monitor import Monitor, StepRow, eval_health, steps_rows
 from hpsearch.trainer.optim import lr_at, make_optimizer, total_steps, warmup_steps
 from hpsearch.trainer.runtime import (
     resolve_device,
@@ -142,7 +144,7 @@ def train(
             window = [0, time.perf_counter()]  # tokens and start of the throughput window
             while st.step < run.total:
                 # ---- set the learning rate; forward, backward, clip, update
-                lr, loss, grad_norm, n_tokens = run.step()
+                lr, n_tokens = run.step()
                 if run.first_step_at is None:
                     run.started(time.perf_counter() - t_enter)
                 window[0] += n_tokens
@@ -157,10 +159,9 @@ def train(
                     or last
                 due_ckpt = not last and (
                     due_eval or bool(cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0))
-                if due_eval or due_ckpt or st.step % run.sync_every == 0:
+                if due_eval or due_ckpt or last or st.step % run.sync_every == 0:
+                    run.flush(window, bar)  # the steps' rows, read off the device at once
                     run.check_finite(lr)
-                if st.step % run.log_every == 0:
-                    run.log_step(loss, lr, grad_norm, window, bar)
 
                 # ---- evaluate, report to the pruner (which may stop us), stop early
                 if due_eval and run.evaluate(reporter):
@@ -171,6 +172,7 @@ def train(
                 if due_ckpt:
                     run.checkpoint()
                 if should_stop():
+                    run.flush(window, bar)
                     run.check_finite(lr)
                     run.checkpoint()
                     log.info("stop requested; checkpoint written at step %d", st.step)
@@ -218,7 +220,8 @@ def take_over(st: TrainState, found: ckpt.Checkpoint, metrics: trial_dir.Metrics
 
 def judge(st: TrainState, scores: dict[str, Any], cfg: TrainerConfig, metric: str,
           maximize: bool, metrics: trial_dir.MetricsLog, log: logging.Logger,
-          reporter: Reporter | None, save_best: Callable[[], None]) -> bool:
+          reporter: Reporter | None, save_best: Callable[[], None],
+          health: dict[str, Any] | None = None) -> bool:
     """Take an evaluation into the state: history, best (``save_best`` keeps its weights),
     metrics and log lines; report it, and say whether early stopping ends the trial.
 
@@ -233,7 +236,8 @@ def judge(st: TrainState, scores: dict[str, Any], cfg: TrainerConfig, metric: st
     else:
         st.bad_evals += 1
     metrics.write(step=st.step, epoch=st.epoch, eval=True,
-                  **{f"val_{k}": v for k, v in scores.items() if k != "per_type"})
+                  **{f"val_{k}": v for k, v in scores.items() if k != "per_type"},
+                  **(health or {}))
     log.info("step %d val %s %.4f (best %.4f at %d) loss %.4f", st.step, metric, value,
              st.best, st.best_step, scores["loss"])
     if reporter is not None:
@@ -289,8 +293,9 @@ class _Training:
         ]
         self.total = total_steps(cfg, [len(b) for b in self.epochs])
         self.warmup = warmup_steps(cfg, self.total)
-        self.log_every = max(1, self.total // 100)
-        self.sync_every = plan.sync_every or self.log_every
+        self.sync_every = plan.sync_every or max(1, self.total // 100)
+        self.monitor = Monitor(self.model, cfg.monitor_every)
+        self.pending: list[StepRow] = []  # steps taken, not yet read off the device
 
         self.st = TrainState(
             config=cfg.model_dump(mode="json", exclude=set(RUN_ONLY)),
@@ -333,7 +338,7 @@ class _Training:
             trial_dir.adopt_best(found.path.parent.parent, self.out_dir)
         return self.st.step
 
-    def step(self) -> tuple[float, torch.Tensor, torch.Tensor | None, int]:
+    def step(self) -> tuple[float, int]:
         """One optimizer step on the next batch; moves the position on."""
         st, cfg = self.st, self.cfg
         idx = self.epochs[st.epoch][st.batch]
@@ -345,10 +350,15 @@ class _Training:
         lr = lr_at(st.step, cfg, self.total, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.runner.forward_backward(batch, self.optimizer)
+        monitored = self.monitor.due(st.step + 1)
+        # Hooks only on an eager forward: a compiled one would recompile for them.
+        watch = monitored and self.runner.net is self.model and bool(self.monitor.layers)
+        with self.monitor.watching(batch["attention_mask"]) if watch else nullcontext():
+            loss = self.runner.forward_backward(batch, self.optimizer)
         self.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        norms = self.monitor.grad_norms() if monitored else None
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                      if cfg.max_grad_norm else None)
         if self.scaler is not None:
@@ -358,12 +368,14 @@ class _Training:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         st.step += 1
+        self.pending.append(StepRow([st.step], [st.epoch], [lr], loss.detach(), grad_norm,
+                                    norms, self.monitor.take_activations() if watch else None))
         st.batch += 1
         st.train_tokens += n_tokens
         if st.batch == len(self.epochs[st.epoch]):
             st.epoch += 1
             st.batch = 0
-        return lr, loss, grad_norm, n_tokens
+        return lr, n_tokens
 
     def check_finite(self, lr: float) -> None:
         st = self.st
@@ -373,25 +385,32 @@ class _Training:
             raise TrialStopped("nan_loss", f"loss is not finite {where} (lr {lr:.3g})")
         self.checked = st.step
 
-    def log_step(self, loss: torch.Tensor, lr: float, grad_norm, window: list, bar) -> None:
+    def flush(self, window: list, bar) -> None:
+        """Every step since the last flush as a metrics row: loss and lr always, the gradient
+        norm where clipping computed it, the monitor's figures on its steps, the throughput
+        of the window on the last row. One read off the device for all of them."""
+        if not self.pending:
+            return
+        rows = steps_rows(self.pending, self.monitor)[0]
+        self.pending = []
         now = time.perf_counter()
         tps = window[0] / max(now - window[1], 1e-9)
         window[:] = [0, now]
-        loss_value = loss.item()
-        bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tps:,.0f}")
-        self.metrics.write(step=self.st.step, loss=loss_value, lr=lr,
-                           grad_norm=float(grad_norm) if grad_norm is not None else None,
-                           tokens_per_s=tps, epoch=self.st.epoch)
+        rows[-1]["tokens_per_s"] = tps
+        bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", tok_s=f"{tps:,.0f}")
+        self.metrics.write_rows(rows)
 
     def evaluate(self, reporter: Reporter | None) -> bool:
         """Score on validation, keep the best weights, report; True to stop early."""
         cfg, prep = self.cfg, self.prep
+        t0 = time.perf_counter()
         scores = evaluate(self.model, prep.val, prep.val_gold, prep.labels, device=self.device,
                           amp=self.amp, pad_id=self.pad_id, max_tokens=cfg.eval_batch_tokens,
                           multiple=self.plan.multiple, mode=cfg.seqeval_mode)
+        health = eval_health(time.perf_counter() - t0, len(prep.val_gold), self.device)
         return judge(self.st, scores, cfg, self.metric, self.maximize, self.metrics, self.log,
                      reporter, lambda: trial_dir.save_best(self.model.state_dict(),
-                                                           self.out_dir))
+                                                           self.out_dir), health)
 
     def checkpoint(self) -> None:
         try:

@@ -92,5 +92,8 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, **row: Any) -> None:
+        self.write_rows([row])
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write("".join(json.dumps(row) + "\n" for row in rows))
