@@ -88,7 +88,8 @@ def test_a_diverging_member_fails_alone_and_the_others_finish_as_alone(tmp_path,
     params = [PARAMS[0], {"learning_rate": 1e6, "weight_decay": 1e-3}, PARAMS[1]]
     space = {"learning_rate": WIDE_LR,
              "weight_decay": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
-    fused = _study(tmp_path, demo_dir, "fused", params, fuse=3, search_space=space)
+    fused = _study(tmp_path, demo_dir, "fused", params, fuse=3, search_space=space,
+                   trainer={"monitor_every": 1})
     solo = _study(tmp_path, demo_dir, "solo", [params[0], params[2]], fuse=1,
                   search_space=space)
     for path in (fused, solo):
@@ -98,6 +99,16 @@ def test_a_diverging_member_fails_alone_and_the_others_finish_as_alone(tmp_path,
     s = {t.number: t for t in trials_of(solo)}
     assert f[1].state == TrialState.FAIL
     assert f[1].system_attrs["hpsearch:fail_reason"] == "nan_loss"
+    # Each member's own health signals: the diverging one's gradients blow up before its NaN.
+    rows = [json.loads(line) for line in (Path(f[1].system_attrs["hpsearch:trial_dir"])
+                                          / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["grad_norm/global"] for r in rows if "grad_norm/global" in r]
+    assert len(norms) >= 2 and norms[1] > 100 * norms[0], norms
+    calm = [r["grad_norm/global"] for r in
+            (json.loads(line) for line in (Path(f[0].system_attrs["hpsearch:trial_dir"])
+                                           / "metrics.jsonl").read_text().splitlines())
+            if "grad_norm/global" in r]
+    assert max(calm[:3]) < norms[1]
     for fused_number, solo_number in ((0, 0), (2, 1)):
         assert f[fused_number].state == TrialState.COMPLETE
         assert abs(f[fused_number].value - s[solo_number].value) <= 0.003
