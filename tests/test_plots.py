@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -251,3 +252,25 @@ def test_png_export_without_browser_is_one_clear_line(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="Chrome") as e:
         write_report(cfg, png_dir=tmp_path / "png")
     assert "\n" not in str(e.value)
+
+
+def test_gradient_norms_are_drawn_from_the_trials_logs_and_explained_when_absent(tmp_path):
+    cfg, study = make_synthetic_study(tmp_path, 6, states="mixed")
+    page = write_report(cfg).read_text(encoding="utf-8")
+    assert "No trial has logged gradient norms" in section(page, "gradient-norms")
+
+    from hpsearch.plots.curves import health_trials, trial_folder
+
+    trials = study.get_trials(deepcopy=False)
+    drawn = health_trials(trials, cfg)
+    for t in trials:
+        folder = trial_folder(t, cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = [{"step": s, "loss": 1.0, "lr": 1e-3, "grad_norm/global": 2.0 ** (s / 10)}
+                for s in range(10, 101, 10)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = figures(study, cfg)["gradient-norms"]
+    assert sorted(tr.name for tr in fig.data) == sorted(f"trial {t.number}" for t in drawn)
+    assert list(fig.data[0].x) == list(range(10, 101, 10))
+    assert fig.layout.yaxis.type == "log"
+    assert 'id="plot-gradient-norms"' in write_report(cfg).read_text(encoding="utf-8")

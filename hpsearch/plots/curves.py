@@ -216,3 +216,40 @@ def per_type_curves_figure(rows: list[dict[str, Any]], number: int) -> go.Figure
         ))
     fig.update_layout(xaxis_title="step", yaxis_title="validation F1", legend_title="entity type")
     return titled(fig, f"Per-type validation F1 of trial {number}")
+
+
+#: Trials in the gradient-norm figure at most: the best completed ones and the latest that
+#: failed or were pruned (where a blow-up is most likely to be seen).
+HEALTH_TRIALS = (6, 4)
+
+
+def health_trials(trials: list[FrozenTrial], cfg: StudyConfig) -> list[FrozenTrial]:
+    """The few trials whose gradient norms the report draws."""
+    done = sorted(completed(trials), key=lambda t: t.value,
+                  reverse=cfg.direction == "maximize")[:HEALTH_TRIALS[0]]
+    ended = [t for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    return done + ended[-HEALTH_TRIALS[1]:]
+
+
+def grad_norms_figure(logs: dict[int, list[dict[str, Any]]]) -> go.Figure | None:
+    """Each trial's global gradient norm at the monitored steps (``monitor_every``), on a log
+    axis: a learning rate too high shows as norms climbing by orders of magnitude many steps
+    before the loss turns NaN; a vanishing one as norms sinking towards zero."""
+    fig = go.Figure()
+    for i, (number, rows) in enumerate(logs.items()):
+        pts = [(r["step"], r["grad_norm/global"]) for r in rows
+               if isinstance(r.get("grad_norm/global"), (int, float))
+               and math.isfinite(r["grad_norm/global"]) and r["grad_norm/global"] > 0]
+        if not pts:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[x for x, _ in pts], y=[y for _, y in pts], mode="lines", name=f"trial {number}",
+            line={"color": PALETTE[i % len(PALETTE)], "width": 1.5},
+            hovertemplate=f"trial {number}<br>step %{{x}}<br>grad norm %{{y:.4g}}<extra></extra>",
+        ))
+    if not fig.data:
+        return None
+    ys = [y for tr in fig.data for y in tr.y]
+    fig.update_yaxes(type="log", title_text="global gradient norm", **log_ticks(min(ys), max(ys)))
+    fig.update_xaxes(title_text="step")
+    return titled(fig, "Gradient norms, from each trial's metrics.jsonl")

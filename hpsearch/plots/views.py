@@ -18,7 +18,13 @@ from hpsearch.plots.common import (
     snapshot,
     titled,
 )
-from hpsearch.plots.curves import history_figure, learning_curves_figure
+from hpsearch.plots.curves import (
+    grad_norms_figure,
+    health_trials,
+    history_figure,
+    learning_curves_figure,
+    metrics_rows,
+)
 from hpsearch.plots.importances import _add_importances, _importances_aside
 from hpsearch.plots.landscape import _add_landscape
 
@@ -53,6 +59,14 @@ def build_views(snap: optuna.Study, cfg: StudyConfig) -> Views:
         views.notes["learning-curves"] = "No trial has reported intermediate values yet."
     else:
         views.figures["learning-curves"] = curves
+    logs = {t.number: metrics_rows(t, cfg, trials) for t in health_trials(trials, cfg)}
+    norms = grad_norms_figure(logs)
+    if norms is None:
+        views.notes["gradient-norms"] = (
+            "No trial has logged gradient norms here (trainer.monitor_every: 0, or the trial "
+            "folders are not on this machine).")
+    else:
+        views.figures["gradient-norms"] = norms
     if done:
         _add_landscape(views, trials, cfg)
         params = [p for p in names if any(p in t.params for t in done)]
