@@ -401,6 +401,18 @@ def dashboard(study_file: str, host: str, port: int) -> None:
     serve_dashboard(cfg, host=host, port=port)
 
 
+@main.command("tensorboard")
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--port", default=6006, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (on 127.0.0.1).")
+@_errors
+def tensorboard_cmd(study_file: str, port: int) -> None:
+    """Serve TensorBoard on the study's trial curves and HParams (report_to: [tensorboard])."""
+    from hpsearch.reporting.tensorboard import serve
+
+    serve(load_study(study_file, check_paths=False), port)
+
+
 @main.command("demo-data")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated sentences.")

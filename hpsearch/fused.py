@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import optuna
 
+from hpsearch import reporting
 from hpsearch.attrs import DISK_FULL
 from hpsearch.config import StudyConfig
 from hpsearch.errors import StudyInterrupted
@@ -42,6 +43,7 @@ class _StudyFeed:
         self.on_trial = on_trial
         self.on_recovered: Callable[[list[int]], None] | None = None
         self.active: dict[int, Started] = {}
+        self.reports: dict[int, reporting.TrialReport] = {}  # by trial id, until joined
         self.claimed: list[optuna.Trial] = []
         self.outcomes: list[TrialOutcome] = []
         self.recovered: list[int] = []
@@ -65,10 +67,12 @@ class _StudyFeed:
                 if not self.claimed:
                     return None
             s = start_trial(self.study, self.claimed.pop(0), self.cfg)
+            self.reports[trial_id(s.trial)] = reporting.open_trial(self.cfg, self.study, s)
             try:
                 tcfg = s.trainer_config(self.cfg)
             except Exception as e:  # its parameters do not make a trainer: it fails alone
                 self._record(record_end(self.study, s, self.cfg, error=e))
+                self._report_end(trial_id(s.trial))
                 continue
             self.active[trial_id(s.trial)] = s
             self.beat.add(trial_id(s.trial))
@@ -84,6 +88,23 @@ class _StudyFeed:
         self.active.pop(tid, None)
         self.beat.discard(tid)
         self._record(record_end(self.study, s, self.cfg, result, error))
+        self._report_end(tid)
+
+    def _report_end(self, tid: int) -> None:
+        """The trial's last rows and end go to its sinks from its own thread: the array's
+        other members train on meanwhile (``join_reports`` waits for them)."""
+        report = self.reports.get(tid)
+        if report is not None:
+            report.close(wait=False)
+        self.reports = {k: r for k, r in self.reports.items() if not r.done()}
+
+    def join_reports(self) -> None:
+        """Close every report (an interrupted member's too) and wait for their threads."""
+        reports, self.reports = self.reports, {}
+        for report in reports.values():
+            report.close(wait=False)
+        for report in reports.values():
+            report.join()
 
     def _record(self, outcome: TrialOutcome) -> None:
         self.outcomes.append(outcome)
@@ -137,4 +158,5 @@ def run_fused(
             del e
         finally:
             feed.release_unstarted()
+            feed.join_reports()
     return feed

@@ -79,6 +79,9 @@ def start_study(cfg: StudyConfig, *, allow_changes: bool = False,
     A study about to be created first checks its model and data, so that a typo there is one
     line with nothing written (preflight.py).
     """
+    from hpsearch import reporting
+
+    reporting.check(cfg)  # report_to names a package that is not installed: one line
     if create and not study_exists(cfg):
         preflight(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +185,12 @@ def run(
 
 
 def summarize(study, cfg, ran, recovered) -> RunSummary:
+    """The study as a run leaves it. With the trials it ``ran`` (a run's end, here or in the
+    worker pool) the best model also goes to the study's MLflow run (hpsearch/reporting/)."""
+    if ran:
+        from hpsearch import reporting
+
+        reporting.study_end(cfg, study)
     try:
         best = study.best_trial
     except ValueError:

@@ -345,11 +345,13 @@ def run_trial(
     stop: Callable[[], bool] = lambda: False,
 ) -> TrialOutcome:
     """Train a claimed trial and record how it ended; a stop raises ``StudyInterrupted``."""
+    from hpsearch import reporting
     from hpsearch.trainer import Interrupted, train
 
     use_compile_cache(cfg)
     s = start_trial(study, trial, cfg)
-    with Heartbeat(study, trial_id(trial)):
+    # The report closes after record_end (or interrupt): its end is the one the study has.
+    with Heartbeat(study, trial_id(trial)), reporting.open_trial(cfg, study, s):
         try:
             tcfg = s.trainer_config(cfg)
             result = train(

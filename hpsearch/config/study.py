@@ -19,6 +19,15 @@ from hpsearch.config.trainer import TUNABLE, UNFUSABLE, TrainerConfig
 METRICS = ("f1", "macro_f1", "weighted_f1", "precision", "recall", "accuracy", "loss")
 
 
+class MlflowSettings(Strict):
+    """Where ``report_to: [mlflow]`` sends the trials (see hpsearch/reporting/)."""
+
+    tracking_uri: str | None = Field(
+        default=None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>"
+        "/mlflow.db")
+    experiment: str | None = Field(default=None, description="default: the study's name")
+
+
 class StudyConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     storage: str | None = Field(
@@ -45,6 +54,12 @@ class StudyConfig(Strict):
     on_oom: Literal["fail", "halve_batch"] = Field(
         default="fail", description="halve_batch: retry an out-of-memory trial once, half batch"
     )
+    # How a run is watched, not what it computes: not part of study_fingerprint, so it may
+    # change between runs of one study. $HPSEARCH_REPORT_TO overrides report_to.
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="where each trial's curves and end are reported: "
+        "tensorboard (<output_dir>/tensorboard), mlflow")
+    mlflow: MlflowSettings | None = None
 
     @field_validator("metric")
     @classmethod
