@@ -220,6 +220,24 @@ def test_without_liar_concurrent_trials_can_collide():
     assert np.allclose(a, b)
 
 
+def test_first_trials_asked_together_by_fresh_samplers_differ():
+    """Before any trial finishes, K trials are asked at once (a fused array's claims, or K
+    workers), each by a sampler built afresh with the study's seed: they must not share a point.
+    """
+    study = optuna.create_study()
+    points = []
+    for _ in range(3):
+        study.sampler = BayesOptSampler(seed=0)  # as every claim builds it
+        t = study.ask()
+        points.append((t.suggest_float("learning_rate", **LR),
+                       t.suggest_float("weight_decay", **WD)))
+    assert len(set(points)) == 3, points
+    again = optuna.create_study(sampler=BayesOptSampler(seed=0))
+    t = again.ask()
+    assert (t.suggest_float("learning_rate", **LR), t.suggest_float("weight_decay", **WD)) \
+        == points[0], "the same seed still gives the same first point"
+
+
 def test_sampled_by_attr_marks_random_init_then_gp():
     study = run(BayesOptSampler(n_random_init=4, seed=0), bowl, n_trials=9)
     assert sampled_by(study) == ["bayes_opt:random_init"] * 4 + ["bayes_opt"] * 5

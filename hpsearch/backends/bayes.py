@@ -36,7 +36,7 @@ Design:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import zlib
 from typing import Any
 
 import numpy as np
@@ -137,7 +137,6 @@ class BayesOptSampler(BaseSampler):
         self._pruned_trials = pruned_trials
         self._constant_liar = constant_liar
         self._seed = _fresh_seed() if seed is None else seed
-        self._random_sampler = RandomSampler(seed=seed)
         # Pruned trials are part of the model unless ignored, so they also shape the space.
         self._search_space = IntersectionSearchSpace(include_pruned=pruned_trials != "ignore")
         self._make_acquisition(0)  # fail on bad kappa/xi/decay now, not at trial 6
@@ -145,20 +144,7 @@ class BayesOptSampler(BaseSampler):
     def reseed_rng(self) -> None:
         # Called for n_jobs > 1 copies: without a new derivation seed every copy would draw the
         # same warm-up points and the same acquisition restarts.
-        self._random_sampler.reseed_rng()
         self._seed = _fresh_seed()
-
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        self._random_sampler.before_trial(study, trial)
-
-    def after_trial(
-        self,
-        study: Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        self._random_sampler.after_trial(study, trial, state, values)
 
     def infer_relative_search_space(
         self, study: Study, trial: FrozenTrial
@@ -177,7 +163,14 @@ class BayesOptSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
+        # Seeded by (seed, trial number, parameter), not one stream: the first trials of a study
+        # are drawn before any has finished, often by several processes (workers, a fused
+        # array's K claims) that each built this sampler afresh; one stream per process would
+        # give them all the same point.
+        seed = np.random.SeedSequence(
+            [self._seed, trial.number, zlib.crc32(param_name.encode())]).generate_state(1)[0]
+        return RandomSampler(seed=int(seed)).sample_independent(
+            study, trial, param_name, param_distribution)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
