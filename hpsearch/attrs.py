@@ -25,8 +25,11 @@ A_ORIGIN = "hpsearch:origin"
 # A trial another one takes over (it does not count), and what that one trains differently.
 A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_overrides", \
     "hpsearch:oom_retry"
-# The study's settings, to refuse mixing two searches under one name.
-A_CONFIG = "hpsearch:config"
+# The study's settings, data fingerprint and model hash, to refuse mixing two searches under
+# one name (study user attributes; see provenance.py).
+A_CONFIG, A_DATA, A_MODEL = "hpsearch:config", "hpsearch:data", "hpsearch:model"
+#: A trial's user attribute: what it was trained on and with (provenance.trial_provenance).
+A_PROVENANCE = "provenance"
 
 # Failure reasons (besides the trainer's own: nan_loss, checkpoint_mismatch, config, ...).
 INTERRUPTED, DISK_FULL, OOM, CRASHED, ERROR = "interrupted", "disk_full", "oom", "crashed", \

@@ -196,41 +196,73 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
 
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--trial", "number", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Show trial N alone: its parameters, state, value and provenance.")
 @_errors
-def status(study_file: str) -> None:
-    """A table of the study's trials and the best one."""
-    from optuna.trial import TrialState
-
-    from hpsearch.attrs import A_REASON, A_RETRY_OF
+def status(study_file: str, number: int | None) -> None:
+    """A table of the study's trials and the best one (--trial N: one trial in full)."""
     from hpsearch.opening import open_study
-    from hpsearch.recovery import is_dead
     from hpsearch.study import summarize
 
     cfg = load_study(study_file)
     st = open_study(cfg)
     trials = st.get_trials(deepcopy=False)
+    if number is not None:
+        _trial_status(cfg, trials, number)
+        return
     names = list(cfg.search_space)
     click.echo(f"{'#':>4}  {'state':<9} {cfg.metric:>8}  {'time':>7}  "
                + "  ".join(f"{n:>13}" for n in names) + "  note")
     for t in trials:
         value = "" if t.value is None else f"{t.value:.4f}"
         secs = "" if t.duration is None else f"{t.duration.total_seconds():.1f}s"
-        note = t.system_attrs.get(A_REASON) or ""
-        if t.user_attrs.get("error"):
-            note = f"{note}: {t.user_attrs['error']}"
-        if A_RETRY_OF in t.system_attrs:
-            note = f"continues #{t.system_attrs[A_RETRY_OF]} {note}".strip()
-        if t.user_attrs.get("enqueued"):
-            note = f"enqueued ({t.user_attrs['enqueued']}) {note}".strip()
-        if t.state == TrialState.RUNNING and is_dead(t):
-            note = f"(process gone; resumes on the next run) {note}".strip()
         vals = "  ".join(f"{_fmt_value(t.params.get(n)):>13}" for n in names)
-        click.echo(f"{t.number:>4}  {t.state.name:<9} {value:>8}  {secs:>7}  {vals}  {note}")
+        click.echo(f"{t.number:>4}  {t.state.name:<9} {value:>8}  {secs:>7}  {vals}  "
+                   f"{_status_note(t)}")
     s = summarize(st, cfg, [], [])
     click.echo(f"{s.total}/{cfg.n_trials} trials counted")
     if s.best_value is not None:
         click.echo(f"best #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
                    f"{_fmt_params(s.best_params)}")
+
+
+def _status_note(t) -> str:
+    from optuna.trial import TrialState
+
+    from hpsearch.attrs import A_REASON, A_RETRY_OF
+    from hpsearch.recovery import is_dead
+
+    note = t.system_attrs.get(A_REASON) or ""
+    if t.user_attrs.get("error"):
+        note = f"{note}: {t.user_attrs['error']}"
+    if A_RETRY_OF in t.system_attrs:
+        note = f"continues #{t.system_attrs[A_RETRY_OF]} {note}".strip()
+    if t.user_attrs.get("enqueued"):
+        note = f"enqueued ({t.user_attrs['enqueued']}) {note}".strip()
+    if t.state == TrialState.RUNNING and is_dead(t):
+        note = f"(process gone; resumes on the next run) {note}".strip()
+    return note
+
+
+def _trial_status(cfg, trials: list, number: int) -> None:
+    """One trial, one ``key: value`` a line, so that grep and diff between trials work."""
+    from hpsearch.attrs import A_PROVENANCE
+
+    t = next((t for t in trials if t.number == number), None)
+    if t is None:
+        have = f"trials 0 to {len(trials) - 1}" if trials else "no trials yet"
+        raise ConfigError(f"study '{cfg.name}' has no trial {number} ({have})")
+    lines: list[tuple[str, object]] = [
+        ("trial", t.number), ("state", t.state.name), (cfg.metric, t.value),
+        ("duration", None if t.duration is None else f"{t.duration.total_seconds():.1f}s"),
+        *t.params.items(),
+    ]
+    if note := _status_note(t):
+        lines.append(("note", note))
+    prov = t.user_attrs.get(A_PROVENANCE)
+    lines += list(prov.items()) if isinstance(prov, dict) else [("provenance", "not recorded")]
+    for k, v in lines:
+        click.echo(f"{k}: {'-' if v is None else v}")
 
 
 def _fmt_value(v) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import optuna
 
-from hpsearch.attrs import A_CONFIG, DISK_FULL, n_counted, work_left
+from hpsearch.attrs import A_CONFIG, A_DATA, A_MODEL, DISK_FULL, n_counted, work_left
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
 from hpsearch.errors import DiskFull
 from hpsearch.export import tidy
@@ -44,23 +44,49 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 
 
 def check_unchanged(study: optuna.Study, cfg: StudyConfig, allow_changes: bool) -> None:
-    """Refuse to mix trials of two different searches under one study name."""
+    """Refuse to mix trials of two different searches under one study name.
+
+    Different means another study file (its searched space, trainer or objective), other data
+    (a content hash of every file read) or another model (its config and weights): trials of
+    each are not comparable. ``allow_changes`` accepts the new ones and records them; each
+    trial carries its own (provenance.py), so the mix stays visible.
+    """
+    from hpsearch import provenance
+
     new = study_fingerprint(cfg)
     old_json = study.user_attrs.get(A_CONFIG)
-    if old_json is None:
-        study.set_user_attr(A_CONFIG, json.dumps(new, sort_keys=True))
-        return
-    old = json.loads(old_json)
-    if old == new:
-        return
-    diffs = _diff(old, new)
+    diffs = [] if old_json is None else _diff(json.loads(old_json), new)
+    inputs = provenance.study_inputs(cfg, fresh=True)
+    provenance.software()  # now, so forked workers and trial processes inherit it
+    old_inputs = {part: _loads(study.user_attrs.get(key)) for part, key in _INPUT_ATTRS}
+    changed = provenance.input_changes(old_inputs, inputs)
     # A study that never ran a trial has nothing to mix: its file was fixed before it started.
-    if not allow_changes and study.get_trials(deepcopy=False):
+    if (diffs or changed) and not allow_changes and study.get_trials(deepcopy=False):
+        what = " and ".join([*["settings"] * bool(diffs), *["data"] * ("data" in changed),
+                             *["model"] * ("model" in changed)])
         raise ConfigError(
-            f"study '{cfg.name}' was run with other settings; changed: {'; '.join(diffs)} "
+            f"study '{cfg.name}' was run with other {what}; changed: "
+            f"{'; '.join([*diffs, *changed.values()])} "
             "(use --allow-changes to continue anyway, or give the study a new name)"
         )
-    study.set_user_attr(A_CONFIG, json.dumps(new, sort_keys=True))
+    _set_if_changed(study, A_CONFIG, new)
+    for part, key in _INPUT_ATTRS:
+        # An unknown one (a hub model not downloaded yet) keeps the last one known.
+        if (inputs[part] or {}).get("fingerprint" if part == "data" else "hash"):
+            _set_if_changed(study, key, inputs[part])
+
+
+_INPUT_ATTRS = (("data", A_DATA), ("model", A_MODEL))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _set_if_changed(study: optuna.Study, key: str, value: Any) -> None:
+    text = json.dumps(value, sort_keys=True)
+    if study.user_attrs.get(key) != text:
+        study.set_user_attr(key, text)
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:

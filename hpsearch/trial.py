@@ -30,6 +30,7 @@ from hpsearch.attrs import (
     A_OOM_RETRY,
     A_OVERRIDES,
     A_PID,
+    A_PROVENANCE,
     A_REASON,
     A_RETRIED,
     A_WORKER,
@@ -43,6 +44,7 @@ from hpsearch.backends import make_sampler
 from hpsearch.config import StudyConfig
 from hpsearch.errors import StudyInterrupted, is_disk_full
 from hpsearch.optuna_compat import storage_of, trial_id
+from hpsearch.provenance import trial_provenance
 from hpsearch.recovery import (
     Heartbeat,
     interrupt,
@@ -292,7 +294,8 @@ class Started:
 
 
 def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: StudyConfig) -> Started:
-    """Write down who trains the trial and in which folder, and what it resumes from."""
+    """Write down who trains the trial and in which folder, what it resumes from, and its
+    provenance (data, model, software, device)."""
     storage, tid = storage_of(study), trial_id(trial)
     params = suggest(trial, cfg.search_space)
     out = trial_dir(cfg.out, trial.number)
@@ -302,6 +305,8 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: StudyConfig) -> S
         storage.set_trial_system_attr(tid, k, v)
     if resume_from is not None and resume_from.parent != out:
         storage.set_trial_system_attr(tid, A_FROM, str(resume_from.parent))
+    # What it trains on and with: hashed once per process, one write per trial.
+    trial.set_user_attr(A_PROVENANCE, trial_provenance(cfg))
     return Started(trial, params, out, resume_from, attrs, attrs.get(A_OVERRIDES, {}),
                    time.time())
 

@@ -179,6 +179,7 @@ def test_bayes_backend_fuses_three_trials(tmp_path, demo_dir):
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert all("hpsearch:sampled_by" in t.system_attrs for t in trials)
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4, "no point twice"
 
 
 def test_fp16_fuses_and_fails_each_member_on_a_cpu_as_a_solo_trial_would(tmp_path, demo_dir):

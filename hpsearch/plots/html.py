@@ -10,9 +10,10 @@ from typing import Any
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import A_REASON, A_RETRY_OF, INTERRUPTED
+from hpsearch.attrs import A_PROVENANCE, A_REASON, A_RETRY_OF, INTERRUPTED
 from hpsearch.config import StudyConfig
 from hpsearch.plots.common import FIG_HEIGHT, Views, best_of, completed, finite, param_names
+from hpsearch.provenance import short_commit
 
 #: Sections of the report, in page order: (html id, heading).
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -187,20 +188,43 @@ PER_TYPE_HEAD = "F1 per type"
 PER_TYPE_TITLE = "F1 of each entity type at the trial's best evaluation; sorts by the weakest"
 
 
+PROVENANCE_HEAD = "provenance"
+
+PROVENANCE_TITLE = ("data fingerprint, model hash and hpsearch version@commit the trial ran "
+                    "with; hover a cell for the rest (hpsearch status --trial N prints it all)")
+
+
+def provenance_cell(prov: Any) -> tuple[str, str, str]:
+    """(sort key, text, tooltip): the short hashes that tell two trials' inputs apart at a
+    glance, and the whole record on hover. Sorting groups trials by their data."""
+    if not isinstance(prov, dict):
+        return "", "", ""
+    data = str(prov.get("data_fingerprint") or "?")[:8]
+    model = str(prov.get("model_hash") or "?")[:8]
+    text = f"data {data} · model {model} · {short_commit(prov)}"
+    tip = "\n".join(f"{k}: {'-' if v is None else v}" for k, v in prov.items())
+    return f"{data} {model}", text, tip  # never a number: hex like 1e5 would sort as one
+
+
 def trial_table_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
     """A plain table; a click on a header sorts it (see ``_SORT_JS``)."""
     names = param_names(cfg, trials)
     now = datetime.now()
     pers = [per_type_scores(t) for t in trials]
     by_type = any(pers)  # a study from before per-type scores were kept gets no empty column
-    heads = ["#", "state", cfg.metric, *[PER_TYPE_HEAD] * by_type, *names, "duration", "notes"]
+    provs = [t.user_attrs.get(A_PROVENANCE) for t in trials]
+    by_prov = any(isinstance(p, dict) for p in provs)  # a study from before provenance: none
+    heads = ["#", "state", cfg.metric, *[PER_TYPE_HEAD] * by_type, *names, "duration",
+             *[PROVENANCE_HEAD] * by_prov, "notes"]
     tips = {3: PER_TYPE_TITLE} if by_type else {}
+    if by_prov:
+        tips[len(heads) - 2] = PROVENANCE_TITLE
     head = "".join(
         (f'<th title="{html.escape(tips[i])}">' if i in tips else "<th>") + f"{html.escape(h)}</th>"
         for i, h in enumerate(heads)
     )
     rows = []
-    for t, per in zip(trials, pers):
+    for t, per, prov in zip(trials, pers, provs):
         d = _duration(t, now)
         cells = [
             (t.number, str(t.number)),
@@ -211,10 +235,14 @@ def trial_table_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
             * by_type,
             *((t.params.get(n, ""), _fmt(t.params[n]) if n in t.params else "") for n in names),
             (d if d is not None else "", fmt_seconds(d)),
+            *[provenance_cell(prov)] * by_prov,
             (trial_notes(t), trial_notes(t)),
         ]
         tds = "".join(
-            f'<td data-v="{html.escape(str(key))}">{html.escape(text)}</td>' for key, text in cells
+            f'<td data-v="{html.escape(str(c[0]))}"'
+            + (f' title="{html.escape(c[2])}"' if len(c) > 2 else "")
+            + f">{html.escape(c[1])}</td>"
+            for c in cells
         )
         rows.append(f'<tr class="{t.state.name.lower()}">{tds}</tr>')
     return (f'<div class="table-wrap"><table id="trial-table" class="trials"><thead><tr>{head}'
