@@ -20,6 +20,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
     ("history", "Optimization history"),
     ("learning-curves", "Learning curves"),
+    ("gradient-norms", "Gradient norms"),
     ("landscape", "Landscape"),
     ("parallel", "Parallel coordinates"),
     ("slice", "Slices"),
