@@ -125,3 +125,26 @@ def test_cli_reports_data_error(tmp_path, demo_dir):
         f"error: {root / 'train' / 'tags.txt'}:2: 1 tags for 2 tokens in "
         f"{root / 'train' / 'sentences.txt'}"
     )
+
+
+def test_a_process_that_edits_its_data_is_not_handed_the_old_sentences(tmp_path, demo_dir):
+    """A notebook runs a study, fixes a sentence, runs again: the second run trains on the fix."""
+    import shutil
+
+    from conftest import TINY
+
+    from hpsearch.config import TrainerConfig
+    from hpsearch.trainer import prepare
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    cfg = TrainerConfig(**{**TINY, "data_dir": str(data), "train_limit": 20})
+    first = prepare(cfg, data, None)
+    assert prepare(cfg, data, None).source == "memory"
+    sentences = data / "train" / "sentences.txt"
+    lines = sentences.read_text().splitlines()
+    lines[0] = " ".join(["zebra"] * len(lines[0].split()))
+    sentences.write_text("\n".join(lines) + "\n")
+    second = prepare(cfg, data, None)
+    assert second.source != "memory"
+    assert second.train.ids.tolist() != first.train.ids.tolist()

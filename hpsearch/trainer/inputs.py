@@ -70,7 +70,9 @@ def prepare(
     cfg: TrainerConfig, data_dir: Path, cache_dir: Path | None, eval_split: str = "val"
 ) -> Prepared:
     """Tokenizer plus encoded train and evaluation splits, from memory, disk or scratch."""
-    key = _memo_key(cfg, data_dir, eval_split)
+    # The files' sizes and times too: a notebook or a long-lived process that edits the data
+    # between two runs must not be handed the first run's sentences from memory.
+    key = (*_memo_key(cfg, data_dir, eval_split), _stamp(cfg, data_dir, eval_split))
     t0 = time.perf_counter()
     if key in _MEMO:
         hit = _MEMO[key]
@@ -112,6 +114,14 @@ def prepare(
                     time.perf_counter() - t0, "disk cache" if all(hits) else "built")
     _MEMO[key] = prep
     return prep
+
+
+def _stamp(cfg: TrainerConfig, data_dir: Path, eval_split: str) -> tuple | None:
+    try:
+        return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(
+            _data_files(data_dir, cfg.data_format, ("train", eval_split))))
+    except (OSError, ValueError):
+        return None
 
 
 def _data_files(data_dir: Path, fmt: str, splits: tuple[str, ...]) -> list[Path]:
