@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import A_DIR, A_FROM
+from hpsearch.attrs import A_DIR, A_FROM, A_RETRY_OF, counts_toward_total
 from hpsearch.config import StudyConfig
 from hpsearch.opening import data_dir
 from hpsearch.storage import file_lock
@@ -39,14 +39,19 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
         best = study.best_trial
     except ValueError:
         best = None
-    # Folders whose checkpoints (and best weights) a continuation has yet to adopt.
-    wanted = {t.system_attrs.get(A_DIR) for t in trials if t.state == TrialState.WAITING}
+    # Folders whose checkpoints (and best weights) a continuation has yet to adopt: a queued
+    # one names it as its folder, a claimed one too until it starts, a started one as A_FROM.
+    wanted = {t.system_attrs.get(A_DIR) for t in trials
+              if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     wanted |= {t.system_attrs.get(A_FROM) for t in trials if t.state == TrialState.RUNNING}
+    continued = {t.system_attrs.get(A_RETRY_OF) for t in trials}
     for t in trials:
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or A_DIR not in t.system_attrs:
             continue
         if t.system_attrs[A_DIR] in wanted:
             continue
+        if not counts_toward_total(t) and t.number not in continued:
+            continue  # interrupted a moment ago: its continuation is being queued
         d = Path(t.system_attrs[A_DIR])
         if cfg.keep != "all":
             drop_checkpoints(d)

@@ -1,4 +1,5 @@
-"""Which RUNNING trials are dead: on this machine the processes say it, elsewhere the heartbeat."""
+"""Which RUNNING trials are dead (on this machine the processes say it, elsewhere the
+heartbeat), and that a dead trial's checkpoints stay until its continuation has them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -66,3 +68,46 @@ def test_finished_trials_are_never_dead():
     t = _running(**{A_HOST: socket.gethostname(), A_PID: _dead_pid()})
     t.state = TrialState.COMPLETE
     assert not is_dead(t)
+
+
+def test_tidy_keeps_an_interrupted_trials_checkpoints_until_its_continuation_has_them(
+        tmp_path, demo_dir):
+    """Between a trial being marked interrupted and its continuation being queued, and between
+    the continuation's claim and its start, another worker finishing a trial tidies the study:
+    the checkpoints the continuation resumes from must still be there."""
+    import optuna
+    from conftest import study_config
+
+    from hpsearch.attrs import A_DIR, A_REASON, INTERRUPTED
+    from hpsearch.export import tidy
+    from hpsearch.opening import open_study
+    from hpsearch.optuna_compat import storage_of, trial_id
+    from hpsearch.recovery import queue_continuation
+    from hpsearch.trainer.trial_dir import checkpoints, has_checkpoint, trial_dir
+
+    cfg = study_config(tmp_path, demo_dir)
+    study = open_study(cfg, create=True)
+    old = study.ask({"learning_rate": FloatDistribution(1e-5, 1e-3, log=True)})
+    folder = trial_dir(cfg.out, old.number)
+    (checkpoints(folder) / "step-00000003").mkdir(parents=True)
+    storage = storage_of(study)
+    storage.set_trial_system_attr(trial_id(old), A_DIR, str(folder))
+    storage.set_trial_system_attr(trial_id(old), A_REASON, INTERRUPTED)
+    study.tell(old, state=TrialState.FAIL)
+
+    tidy(study, cfg)  # marked interrupted, continuation not queued yet
+    assert has_checkpoint(folder)
+    queue_continuation(study, study.trials[0])
+    tidy(study, cfg)  # queued
+    assert has_checkpoint(folder)
+    study.sampler = optuna.samplers.RandomSampler(seed=0)
+    cont = study.ask()  # claimed, not started
+    tidy(study, cfg)
+    assert has_checkpoint(folder)
+    study.tell(cont, 0.5)  # it finished (with a checkpoint of its own): the old one can go
+    tidy(study, cfg)
+    assert not has_checkpoint(folder)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                                        "ignore:Heartbeat of storage")
