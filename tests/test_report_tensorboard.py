@@ -97,6 +97,12 @@ def test_the_follower_forwards_whole_rows_once_even_from_a_file_cut_back(tmp_pat
         == {"eval/f1": 0.5, "eval/f1_PER": 0.25}
     assert scalars({"step": 3, "loss": 1.2, "grad_norm": None, "lr": 1e-3}) == \
         {"train/loss": 1.2, "train/lr": 1e-3}
+    # the health signals (trainer/monitor.py) come along
+    assert scalars({"step": 10, "loss": 1.0, "grad_norm/layer.0": 2.0, "act/layer.0/std": 0.9}) \
+        == {"train/loss": 1.0, "train/grad_norm/layer.0": 2.0, "train/act/layer.0/std": 0.9}
+    assert scalars({"step": 10, "eval": True, "val_f1": 0.5, "eval_ms_per_sentence": 3.0,
+                    "peak_memory_mb": 900.0}) == {"eval/f1": 0.5, "eval/ms_per_sentence": 3.0,
+                                                  "eval/peak_memory_mb": 900.0}
 
 
 # ----------------------------------------------------------------------------- a real study

@@ -24,6 +24,8 @@ log = logging.getLogger("hpsearch.reporting")
 
 #: Row keys that are not a curve.
 _NOT_SCALARS = frozenset({"step", "eval"})
+#: What an evaluation row carries besides its scores (trainer/monitor.py), by curve name.
+_EVAL_HEALTH = {"eval_ms_per_sentence": "ms_per_sentence", "peak_memory_mb": "peak_memory_mb"}
 _BAD_TAG = re.compile(r"[^-/\w.]")
 
 
@@ -55,9 +57,11 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
         if k in _NOT_SCALARS or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if ev:
-            if not k.startswith("val_"):
-                continue  # its epoch is the step rows' already
-            out[f"eval/{clean_tag(k[4:])}"] = float(v)
+            if k.startswith("val_"):
+                out[f"eval/{clean_tag(k[4:])}"] = float(v)
+            elif k in _EVAL_HEALTH:
+                out[f"eval/{_EVAL_HEALTH[k]}"] = float(v)
+            # (its epoch is the step rows' already)
         else:
             out[f"train/{clean_tag(k)}"] = float(v)
     return out
