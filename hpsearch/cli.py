@@ -35,6 +35,10 @@ def _errors(fn):
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
+        except KeyboardInterrupt:  # a second Ctrl-C: out now, the trial stays to be resumed
+            click.echo("interrupted: stopped at once; run again to resume from the last "
+                       "checkpoint", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as e:
             if _is_outage(e):
                 click.echo(f"error: {_outage_line(e)}", err=True)
