@@ -269,3 +269,24 @@ def test_gpu_slots_cycle_the_gpus_and_a_bad_list_or_missing_study_exits_2(tmp_pa
     assert r.returncode == 2 and r.stderr.startswith("error: --gpus")
     r = hpsearch("worker", str(path))
     assert r.returncode == 2 and "no study named 't'" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_joins_a_study_another_process_runs_and_trains_its_share(tmp_path, demo_dir):
+    """`hpsearch worker` on a second terminal (or machine) beside `hpsearch run`: both take
+    trials from the one study, and together they stop at exactly n_trials."""
+    path = write_study(tmp_path, demo_dir, n_trials=6,  # about a second a trial
+                       trainer={"train_limit": 300, "val_limit": 20, "max_epochs": 2,
+                                "max_tokens": 128})
+    start_study(load_study(path))  # as `run` creates it; `worker` only joins one that exists
+    first = spawn_hpsearch("run", str(path))
+    joined = spawn_hpsearch("worker", str(path))
+    out, err = first.communicate(timeout=300)
+    j_out, j_err = joined.communicate(timeout=300)
+    assert first.returncode == 0 and joined.returncode == 0, err + j_err
+    trials = trials_of(path)
+    _assert_exact(trials, 6)
+    by: dict[str, list[int]] = {}
+    for t in trials:
+        by.setdefault(t.system_attrs[A_WORKER].split()[0], []).append(t.number)
+    assert len(by) == 2, (by, j_out)  # the run and the worker each trained some
