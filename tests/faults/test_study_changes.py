@@ -47,3 +47,37 @@ def test_edited_study_file_is_refused_unless_allow_changes(tmp_path, demo_dir):
     r = cli("run", str(path), "--allow-changes")
     assert r.exit_code == 0, r.output
     assert [t.state for t in trials_of(path)] == [TrialState.COMPLETE] * 2
+
+
+def test_a_changed_backend_is_refused_and_n_trials_timeout_storage_change_freely(
+        tmp_path, demo_dir, monkeypatch):
+    import shutil
+
+    path = write_study(tmp_path, demo_dir, n_trials=1, trainer=ONE_EPOCH)
+    assert cli("run", str(path)).exit_code == 0
+    d = yaml.safe_load(path.read_text())
+
+    path.write_text(yaml.safe_dump({**d, "backend": {"name": "bayes"}}))
+    r = cli("run", str(path))
+    assert r.exit_code == 2 and "backend.name: 'optuna' -> 'bayes'" in r.stderr
+    assert len(trials_of(path)) == 1
+
+    # More trials, a time budget, and the database moved: the same study, no questions asked.
+    moved = tmp_path / "moved.db"
+    shutil.copy(tmp_path / "out" / "study.db", moved)
+    path.write_text(yaml.safe_dump({**d, "n_trials": 2, "timeout": 3600,
+                                    "storage": f"sqlite:///{moved}"}))
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.output
+    assert [t.state for t in trials_of(path)] == [TrialState.COMPLETE] * 2  # moved.db's
+
+    # HPSEARCH_STORAGE wins over the file's storage.
+    elsewhere = tmp_path / "env.db"
+    monkeypatch.setenv("HPSEARCH_STORAGE", f"sqlite:///{elsewhere}")
+    path.write_text(yaml.safe_dump({**d, "n_trials": 1, "storage": f"sqlite:///{moved}"}))
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.output
+    assert len(trials_of(path)) == 1  # env.db: a study of its own
+    monkeypatch.delenv("HPSEARCH_STORAGE")
+    assert len(trials_of(path)) == 2  # moved.db untouched
+    assert elsewhere.exists()
