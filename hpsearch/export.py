@@ -1,7 +1,8 @@
 """Keeping what a finished study needs, and handing back its best model as a plain HF folder.
 
 ``keep: best`` (the default) deletes checkpoints of finished trials and the best weights of
-every trial but the best; ``keep: all`` deletes nothing. A folder a continuation has yet to
+every trial but the best; ``keep: none`` deletes the best trial's too once they are exported;
+``keep: all`` deletes nothing. A folder a continuation has yet to
 adopt is never touched. The best trial's weights become ``<output_dir>/best-model``, loadable
 with ``AutoModelForTokenClassification.from_pretrained`` and no hpsearch.
 """
@@ -57,8 +58,8 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
             drop_checkpoints(d)
         if cfg.keep != "all" and (best is None or t.number != best.number):
             drop_best(d)
-    if best is not None:
-        export_best(cfg, best)
+    if best is not None and export_best(cfg, best) is not None and cfg.keep == "none":
+        drop_best(Path(best.system_attrs.get(A_DIR, "")))  # best-model/ holds it now
 
 
 def export_best(cfg: StudyConfig, best: FrozenTrial) -> Path | None:
