@@ -33,6 +33,7 @@ from hpsearch.attrs import (
     A_PROVENANCE,
     A_REASON,
     A_RETRIED,
+    A_SAMPLER,
     A_WORKER,
     A_WORKER_PID,
     DISK_FULL,
@@ -101,7 +102,8 @@ def claim_trials(
             storage = storage_of(study)
             for key, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
                            (A_WORKER_PID, worker_pid or os.getpid()),
-                           (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}")):
+                           (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}"),
+                           (A_SAMPLER, type(study.sampler).__name__)):
                 storage.set_trial_system_attr(trial_id(trial), key, v)
             suggest(trial, cfg.search_space)
             trials.append(trial)
