@@ -287,3 +287,27 @@ def test_int_params_in_log_space_round_trip():
 def test_bad_configuration_fails_at_construction(kwargs):
     with pytest.raises(ValueError):
         BayesOptSampler(**kwargs)
+
+
+def test_the_gp_sees_log_parameters_in_log10_space():
+    """Learning rates 1e-5, 1e-3, 1e-1 on [1e-5, 1e-1] sit at 0, 1/2 and 1 of the GP's axis;
+    a linear mapping would put the first two at 0 and 0.0099, where no kernel tells them apart."""
+    dist = FloatDistribution(1e-5, 1e-1, log=True)
+    study = optuna.create_study()
+    for v in (1e-5, 1e-3, 1e-1):
+        study.add_trial(create_trial(params={"learning_rate": v},
+                                     distributions={"learning_rate": dist}, value=v))
+    x, _, _ = BayesOptSampler(seed=0)._observations(study, frozen(study, study.ask()),
+                                                    {"learning_rate": dist})
+    assert x[:, 0] == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_the_study_files_log_flag_reaches_the_samplers():
+    """hpsearch's own space: `log: true` in the study file is a log distribution for every
+    sampler, and a study file without it is not."""
+    from hpsearch.config import FloatParam, IntParam
+    from hpsearch.space import distribution
+
+    assert distribution(FloatParam(type="float", low=1e-5, high=1e-1, log=True)).log
+    assert not distribution(FloatParam(type="float", low=1e-5, high=1e-1)).log
+    assert distribution(IntParam(type="int", low=1, high=1024, log=True)).log
