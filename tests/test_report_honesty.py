@@ -166,3 +166,37 @@ def test_report_has_the_mode_of_any_file_the_user_writes(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE(path.stat().st_mode)
     assert mode == stat.S_IMODE(plain.stat().st_mode) == 0o664, oct(mode)
+
+
+def test_a_pruned_trial_never_becomes_the_best_even_with_the_highest_last_value(tmp_path):
+    """Pruned trials stopped early: their last report is not a finished trial's value, however
+    high: `best` and the report's summary take the completed one."""
+    import json
+    import sys
+
+    from conftest import REPO, write_study
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+    from views_helpers import views_settings
+
+    from hpsearch.plots import write_report
+
+    sys.path.insert(0, str(REPO / "tests" / "faults"))
+    from helpers import cli
+
+    cfg, study = make_synthetic_study(tmp_path, 3, states="complete")
+    done_best = max(t.value for t in study.get_trials())
+    dist = {"learning_rate": FloatDistribution(1e-5, 1e-1, log=True),
+            "weight_decay": FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(create_trial(
+        state=TrialState.PRUNED, params={"learning_rate": 1e-3, "weight_decay": 1e-2},
+        distributions=dist, intermediate_values={100: 0.99}, value=0.99))
+    assert max(t.value for t in study.get_trials() if t.value is not None) == 0.99
+
+    study_file = write_study(tmp_path, file="views.yaml", **views_settings(tmp_path))
+    r = cli("best", str(study_file), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["value"] == done_best
+    page = write_report(cfg).read_text(encoding="utf-8")
+    summary = page.split('<section id="summary">')[1].split("</section>")[0]
+    assert "0.99" not in summary
