@@ -149,3 +149,33 @@ def test_scratch_tokenizer_is_the_same_in_every_process(tmp_path, demo_dir):
         for i in range(2)
     ]
     assert vocabs[0] == vocabs[1] and vocabs[0].count("', ") == 300
+
+
+def test_the_token_cache_is_rebuilt_when_the_tokenizer_or_max_length_changes(tmp_path,
+                                                                              demo_dir):
+    """The disk cache of tokenised windows answers only for the same tokenizer and max_length:
+    a study that changes either trains on windows cut for its own settings."""
+    from conftest import TINY
+
+    from hpsearch.config import TrainerConfig
+    from hpsearch.trainer import inputs, prepare
+
+    cache = tmp_path / "cache"
+
+    def fresh(**over):  # as a new process finds it: nothing in memory, the disk cache there
+        inputs._MEMO.clear()
+        cfg = TrainerConfig(**{**TINY, "data_dir": str(demo_dir), "train_limit": 60, **over})
+        return prepare(cfg, demo_dir, cache)
+
+    first = fresh()
+    assert first.source == "built"
+    assert fresh().source == "disk cache"
+    short = fresh(max_length=16)
+    assert short.source == "built" and short.train.lengths.max() <= 16
+    assert first.train.lengths.max() > 16
+    from hpsearch.trainer.features import tokenizer_fingerprint
+
+    lower = fresh(scratch={**TINY["scratch"], "lowercase": True})  # another tokenizer
+    assert tokenizer_fingerprint(lower.tokenizer) != tokenizer_fingerprint(first.tokenizer)
+    assert lower.source == "built"
+    assert fresh(max_length=16).source == "disk cache"  # each kept under its own key
