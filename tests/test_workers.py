@@ -34,6 +34,31 @@ from hpsearch.workers import gpu_slots
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 
 
+def _race(n: int, claim) -> list:
+    """``claim()`` in n threads released together; every claim's result, none lost: a thread
+    that raised fails the test with its exception instead of leaving a result out."""
+    barrier = threading.Barrier(n)
+    results, errors = [], []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(claim())
+        except BaseException as e:  # noqa: BLE001  (handed to the test below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), "a claim hung"
+    if errors:
+        raise errors[0]
+    assert len(results) == n
+    return results
+
+
 def _assert_exact(trials, n: int) -> None:
     """n finished trials, numbered 0..n-1, nothing lost, nothing run twice."""
     assert [t.number for t in trials] == list(range(n))
@@ -137,18 +162,9 @@ def test_concurrent_asks_with_bayes_see_each_other(tmp_path, demo_dir, monkeypat
         return x, y, pending
 
     monkeypatch.setattr(BayesOptSampler, "_observations", spy)
-    barrier = threading.Barrier(6)
-
-    def worker() -> None:
-        own = open_study(cfg)  # a study object per worker, as in separate processes
-        barrier.wait()
-        claim_trial(own, cfg)
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    owns = [open_study(cfg) for _ in range(6)]  # a study object per worker, as processes have
+    claimed = _race(6, lambda: claim_trial(owns.pop(), cfg)[0])
+    assert all(t is not None for t in claimed)
     running = study.get_trials(states=(TrialState.RUNNING,))
     assert len(running) == 6
     assert all(t.system_attrs["hpsearch:sampled_by"] == "bayes_opt" for t in running)
@@ -162,19 +178,8 @@ def test_claims_stop_at_n_trials_whoever_asks(tmp_path, demo_dir):
     """Eight simultaneous claims on a study of three: three trials, five told there is none."""
     cfg = study_config(tmp_path, demo_dir, name="race", n_trials=3)
     start_study(cfg)
-    got: list = []
-    barrier = threading.Barrier(8)
-
-    def worker() -> None:
-        own = open_study(cfg)
-        barrier.wait()
-        got.append(claim_trial(own, cfg)[0])
-
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    owns = [open_study(cfg) for _ in range(8)]
+    got = _race(8, lambda: claim_trial(owns.pop(), cfg)[0])
     assert sum(t is not None for t in got) == 3
     assert len(trials_of(cfg)) == 3
 
