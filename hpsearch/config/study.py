@@ -101,7 +101,8 @@ class StudyConfig(Strict):
         return self
 
     def check_fusable(self) -> None:
-        """Members of a fused array share batch shapes and which weights train."""
+        """Members of a fused array share batch shapes and which weights train; the fused
+        loop takes one forward and backward per update and keeps every activation."""
         fuse = self.trainer.fuse
         if fuse == 1:
             return
@@ -110,6 +111,16 @@ class StudyConfig(Strict):
                 raise ValueError(
                     f"search_space.{name}: it changes the batches or the weights that train, "
                     f"so trials cannot be fused (trainer.fuse: {fuse}); use fuse: 1 to search it"
+                )
+        t = self.trainer
+        fixed = {"gradient_accumulation_steps": t.gradient_accumulation_steps > 1,
+                 "gradient_checkpointing": t.gradient_checkpointing}
+        for name, is_set in fixed.items():
+            if name in self.search_space or is_set:
+                where = "search_space" if name in self.search_space else "trainer"
+                raise ValueError(
+                    f"{where}.{name}: fused trials (trainer.fuse: {fuse}) train without it; "
+                    f"use fuse: 1 with {name}"
                 )
 
     # Derived locations: one place decides where a study keeps its things.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hpsearch.config.base import Strict
 
@@ -80,6 +80,14 @@ class TrainerConfig(Strict):
     batch_size: int | None = Field(
         default=None, ge=1, description="fixed sentences per batch instead of a token budget"
     )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024,
+        description="forward and backward passes per optimizer update: each batch (max_tokens "
+        "or batch_size stay the budget of one update) is split into this many micro-batches "
+        "whose gradients add up to the whole batch's (each micro-batch's loss weighted by its "
+        "labelled tokens), so a trial computes what it would without it, in about 1/N of the "
+        "activation memory; steps, schedules, eval_every and checkpoint_every count updates",
+    )
     eval_every: int | None = Field(default=None, ge=1, description="steps; default once an epoch")
     checkpoint_every: int | None = Field(
         default=None, ge=1, description="steps between checkpoints, besides one at every eval"
@@ -93,6 +101,13 @@ class TrainerConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     compile: bool = False
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="recompute each layer's activations in the backward pass instead of "
+        "keeping them (Hugging Face's, non-reentrant): the same numbers in less memory, for "
+        "about a third more compute; on CUDA it runs without the CUDA-graph fast path; not "
+        "with compile: true",
+    )
     fast_path: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="CUDA: static shapes (windows padded to `buckets`, fixed rows per bucket) "
@@ -114,15 +129,26 @@ class TrainerConfig(Strict):
         description="trials trained as one batched model (horizontal fusion); 1 = one by one",
     )
 
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _checkpointing(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("compile"):
+            raise ValueError("not with compile: true (a compiled model's recomputation is "
+                             "untested); use one or the other")
+        return v
+
 
 #: Trainer fields that describe how a run is carried out, not what it computes: a checkpoint
 #: written under other values resumes all the same, and changing them is not a new study.
+#: Gradient checkpointing recomputes the same activations with the same RNG state: the same
+#: numbers, so it is one of them.
 RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse",
-                      "monitor_every"})
+                      "monitor_every", "gradient_checkpointing"})
 
 #: Fields added after studies had been recorded: at their default they are left out of a
 #: study's fingerprint, so a study recorded before them resumes; set otherwise, they count.
-RECORDED_IF_SET = frozenset({"hf_tokens_column", "hf_tags_column"})
+RECORDED_IF_SET = frozenset({"hf_tokens_column", "hf_tags_column",
+                             "gradient_accumulation_steps", "gradient_checkpointing"})
 
 #: Searched fields that change a batch's shape or which weights train: fused members share
 #: every batch's shape and the set of trained weights, so these cannot differ between them.
@@ -145,5 +171,7 @@ TUNABLE = frozenset(
         "max_tokens",
         "batch_size",
         "full_finetuning",
+        "gradient_accumulation_steps",
+        "gradient_checkpointing",
     }
 )

@@ -6,6 +6,9 @@ inside a pool and cut into batches that fit ``max_tokens`` (padded length x batc
 order depends only on (seed, epoch), which is what lets a resumed trial find the exact batch it
 stopped at without storing the order.
 
+With gradient accumulation, each batch is split into micro-batches (``micro_batches``) after it
+is cut: the budget stays the budget of one optimizer update.
+
 The fast GPU path wants few distinct shapes instead (one CUDA graph per shape): it passes
 ``widths``, the bucket widths windows are padded to, and ``collate`` pads the rows of a short
 batch too, so every batch of a bucket has the same shape.
@@ -90,6 +93,20 @@ def make_batches(
         perm = np.random.default_rng([seed, epoch, 1]).permutation(len(batches))
         batches = [batches[i] for i in perm]
     return batches
+
+
+def micro_batches(idx: np.ndarray, parts: int) -> list[np.ndarray]:
+    """One batch as the ``parts`` micro-batches of gradient accumulation: consecutive runs of
+    its windows, as even as the rows allow (fewer parts than ``parts`` for fewer rows, never an
+    empty one). A batch is cut from a length-sorted pool, so each part pads little.
+
+    The batches themselves are cut for the whole budget (``max_tokens`` or ``batch_size`` of one
+    optimizer update) whatever ``parts`` is: accumulation changes how an update is computed,
+    not which sentences it sees.
+    """
+    if parts <= 1 or len(idx) <= 1:
+        return [idx]
+    return np.array_split(idx, min(parts, len(idx)))
 
 
 def collate(

@@ -8,6 +8,12 @@ computes exactly what the uninterrupted run would have.
 
 ``train`` is the loop; ``_Training`` holds what it works with, set up once, and its methods are
 the stages: resume, step, evaluate (and maybe prune), checkpoint.
+
+A step is one optimizer update on one batch. With ``gradient_accumulation_steps: A`` the batch
+(cut for the whole ``max_tokens``/``batch_size`` budget) goes through the model as up to A
+micro-batches, each loss weighted by its share of the batch's labelled tokens, so the summed
+gradient is the whole batch's; clipping, the schedule and every count of steps are per update,
+and checkpoints fall between updates.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,15 +31,16 @@ import numpy as np
 import torch
 
 from hpsearch.config import TrainerConfig
-from hpsearch.config.trainer import RUN_ONLY
+from hpsearch.config.trainer import RECORDED_IF_SET, RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
 from hpsearch.trainer import trial_dir
-from hpsearch.trainer.batching import bucket_of, make_batches
+from hpsearch.trainer.batching import bucket_of, make_batches, micro_batches
 from hpsearch.trainer.evaluation import evaluate
-from hpsearch.trainer.fastpath import Runner, make_plan, plan_batch
+from hpsearch.trainer.fastpath import FellBack, Runner, make_plan, plan_batch
+from hpsearch.trainer.features import IGNORE
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.kernels import use_cpu_kernels
-from hpsearch.trainer.modeling import build_model
+from hpsearch.trainer.modeling import build_model, checkpoint_layers
 from hpsearch.trainer.monitor import Monitor, StepRow, eval_health, steps_rows
 from hpsearch.trainer.optim import lr_at, make_optimizer, total_steps, warmup_steps
 from hpsearch.trainer.runtime import (
@@ -139,8 +145,8 @@ def train(
             t_start = time.perf_counter() - st.train_seconds
             if run.plan.graphs:
                 bar.set_postfix_str("compiling and capturing one CUDA graph per bucket")
-            run.runner.capture(run.epochs[min(st.epoch, len(run.epochs) - 1)], run.width_of,
-                               run.make_batch, run.optimizer)
+            run.runner.capture(run.micro_batches(min(st.epoch, len(run.epochs) - 1)),
+                               run.width_of, run.make_batch, run.optimizer)
             window = [0, time.perf_counter()]  # tokens and start of the throughput window
             while st.step < run.total:
                 # ---- set the learning rate; forward, backward, clip, update
@@ -193,7 +199,7 @@ def find_checkpoint(resume_from: Path | None, root: Path, st: TrainState
     found = found or ckpt.latest(root)
     if found is None:
         return None
-    if found.state.get("config") != st.config:
+    if not same_settings(found.state.get("config"), st.config):
         raise TrialStopped(
             "checkpoint_mismatch",
             f"{found.path} was written by a run with other settings; refusing to mix them",
@@ -205,6 +211,17 @@ def find_checkpoint(resume_from: Path | None, root: Path, st: TrainState
             f" but this run uses {st.widths} (fast_path on another device?)",
         )
     return found
+
+
+def same_settings(saved: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    """Whether a checkpoint's settings are this run's. A field added since it was written
+    (``RECORDED_IF_SET``) is missing from it, and counts as its default there."""
+    if saved is None:
+        return False
+    for k in RECORDED_IF_SET:
+        if k not in saved and k in now and now[k] == TrainerConfig.model_fields[k].default:
+            now = {kk: v for kk, v in now.items() if kk != k}
+    return saved == now
 
 
 def take_over(st: TrainState, found: ckpt.Checkpoint, metrics: trial_dir.MetricsLog,
@@ -276,6 +293,13 @@ class _Training:
 
         # ---- model, optimizer, and how it is run
         self.model = build_model(cfg, prep.tokenizer, prep.labels, log=log).to(device)
+        if cfg.gradient_checkpointing:
+            checkpoint_layers(self.model)
+            log.info("gradient checkpointing: layer activations recomputed in the backward")
+        self.accumulation = cfg.gradient_accumulation_steps
+        if self.accumulation > 1:
+            log.info("gradient accumulation: each update's batch in up to %d micro-batches",
+                     self.accumulation)
         if plan.cpu_kernels:
             log.info("CPU kernels: %s", use_cpu_kernels(self.model))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -323,6 +347,15 @@ class _Training:
     def make_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         return plan_batch(self.plan, self.prep.train, idx, self.pad_id, self.cfg)
 
+    def micro_batches(self, epoch: int) -> list[np.ndarray]:
+        """Every forward pass of an epoch: its batches, each split for accumulation."""
+        return [m for idx in self.epochs[epoch] for m in micro_batches(idx, self.accumulation)]
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type != "cuda":
+            return batch
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+
     # ----------------------------------------------------------------------------- stages
 
     def resume(self, resume_from: Path | None, reporter: Reporter | None) -> int | None:
@@ -342,20 +375,19 @@ class _Training:
         """One optimizer step on the next batch; moves the position on."""
         st, cfg = self.st, self.cfg
         idx = self.epochs[st.epoch][st.batch]
-        batch = self.make_batch(idx)
         n_tokens = int(self.lengths[idx].sum())
-        if self.device.type == "cuda":
-            batch = {k: v.pin_memory().to(self.device, non_blocking=True)
-                     for k, v in batch.items()}
         lr = lr_at(st.step, cfg, self.total, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         monitored = self.monitor.due(st.step + 1)
         # Hooks only on an eager forward: a compiled one would recompile for them.
         watch = monitored and self.runner.net is self.model and bool(self.monitor.layers)
-        with self.monitor.watching(batch["attention_mask"]) if watch else nullcontext():
-            loss = self.runner.forward_backward(batch, self.optimizer)
-        self.nonfinite.logical_or_(~torch.isfinite(loss.detach()))
+        parts = micro_batches(idx, self.accumulation)
+        try:
+            loss = self.forward_backward(parts, watch)
+        except FellBack:  # the plain model took over: this update again, from its start
+            loss = self.forward_backward(parts, watch)
+        self.nonfinite.logical_or_(~torch.isfinite(loss))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         norms = self.monitor.grad_norms() if monitored else None
@@ -376,6 +408,36 @@ class _Training:
             st.epoch += 1
             st.batch = 0
         return lr, n_tokens
+
+    def forward_backward(self, parts: list[np.ndarray], watch: bool) -> torch.Tensor:
+        """The gradient of the update's whole batch, in ``.grad``; its loss (detached).
+
+        One part: the batch as it is. Several: each micro-batch's mean loss is weighted by its
+        share of the labelled tokens, so the gradients add up to those of the mean over all of
+        them, as one batch of those sentences would give; a micro-batch with no labelled token
+        adds nothing and is skipped (its mean would be 0/0). The monitor watches the first
+        micro-batch's forward.
+        """
+        batches = [self.make_batch(p) for p in parts]
+        weights: list[float | None] = [None]
+        if len(batches) > 1:
+            counts = [int((b["labels"] != IGNORE).sum()) for b in batches]
+            total = sum(counts)
+            if total:  # else every part is 0/0, as the whole batch would be: NaN is flagged
+                batches = [b for b, c in zip(batches, counts) if c]
+                counts = [c for c in counts if c]
+            weights = [c / max(total, 1) for c in counts]
+        loss = None
+        for i, (batch, weight) in enumerate(zip(batches, weights)):
+            if i:
+                self.runner.set_aside()
+            batch = self.to_device(batch)
+            ctx = self.monitor.watching(batch["attention_mask"]) if watch and not i else None
+            part = self.runner.forward_backward(batch, self.optimizer, weight, ctx).detach()
+            part = part if weight is None else part * weight
+            loss = part if loss is None else loss + part
+        self.runner.gather()
+        return loss
 
     def check_finite(self, lr: float) -> None:
         st = self.st

@@ -205,6 +205,23 @@ def build_model(cfg: TrainerConfig, tokenizer, labels: list[str],
     return model.float()
 
 
+def checkpoint_layers(model: nn.Module) -> None:
+    """Hugging Face's gradient checkpointing, non-reentrant: each layer's activations are
+    recomputed in the backward pass instead of kept. The recomputation runs under the RNG state
+    of the forward (dropout draws the same masks, kernels.py's included), so the gradients are
+    the ones the model computes without it. A model that cannot is a one-line refusal."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelSourceError(f"trainer.gradient_checkpointing: {type(model).__name__} does "
+                               "not support gradient checkpointing")
+    if getattr(model.config, "use_cache", False):  # an encoder caches nothing; says so once
+        model.config.use_cache = False
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def classifier_of(model: nn.Module) -> nn.Linear | None:
     head = getattr(model, "classifier", None)
     return head if isinstance(head, nn.Linear) else None

@@ -24,7 +24,8 @@ def lr_at(step: int, cfg: TrainerConfig, total: int, warmup: int) -> float:
 
 def total_steps(cfg: TrainerConfig, epoch_lengths: list[int]) -> int:
     """Optimizer steps of the whole trial: every epoch's batches, cut at ``max_steps``. The
-    schedule decays to zero there, so a solo run and a fused member must count alike."""
+    schedule decays to zero there, so a solo run and a fused member must count alike. A batch
+    is one update however many micro-batches gradient accumulation splits it into."""
     total = sum(epoch_lengths)
     return min(total, cfg.max_steps) if cfg.max_steps else total
 
