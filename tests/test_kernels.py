@@ -95,3 +95,29 @@ def test_cpu_fast_path_trains_like_the_plain_model(demo_dir, tmp_path):
     assert "CPU kernels" not in (tmp_path / "plain" / "train.log").read_text()
     assert fast.steps == plain.steps and fast.train_tokens == plain.train_tokens
     assert abs(fast.value - plain.value) < 0.1, (fast.value, plain.value)
+
+
+def test_without_dropout_the_cpu_fast_path_computes_the_plain_models_run(demo_dir, tmp_path):
+    """Dropout off, nothing random is left: the kernels must give the plain model's run, loss
+    by loss and evaluation by evaluation (up to float summation order)."""
+    import json
+
+    cfg = _cfg(demo_dir, eval_every=10)
+    cfg = cfg.model_copy(update={"scratch": cfg.scratch.model_copy(update={
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})})
+    prep = prepare(cfg, demo_dir, tmp_path / "cache")
+    runs = {}
+    for name, path in (("fast", "auto"), ("plain", "off")):
+        train(cfg.model_copy(update={"fast_path": path}), prep, tmp_path / name)
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = rows
+    steps = {n: [(r["step"], r["loss"]) for r in rows if "loss" in r] for n, rows in runs.items()}
+    evals = {n: [(r["step"], r["val_f1"]) for r in rows if r.get("eval")]
+             for n, rows in runs.items()}
+    assert [s for s, _ in steps["fast"]] == [s for s, _ in steps["plain"]]
+    for (_, a), (_, b) in zip(steps["fast"], steps["plain"]):
+        assert a == pytest.approx(b, rel=1e-4)
+    assert [s for s, _ in evals["fast"]] == [s for s, _ in evals["plain"]]
+    for (_, a), (_, b) in zip(evals["fast"], evals["plain"]):
+        assert abs(a - b) <= 0.003
+    assert max(f for _, f in evals["plain"]) > 0.1, "a run that learned something"
