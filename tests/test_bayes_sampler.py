@@ -261,7 +261,9 @@ def test_exploration_decay_is_replayed_per_trial():
     assert sampler._make_acquisition(0).kappa == 2.0
     # bayes_opt decays after each suggest() once its counter reaches the delay: steps 2 and 3.
     assert sampler._make_acquisition(3).kappa == 0.5
-    run(BayesOptSampler(exploration_decay=0.9, seed=0), bowl, n_trials=8)
+    # A study with decay runs its GP after the warm-up (no silent fallback to random points).
+    study = run(BayesOptSampler(exploration_decay=0.9, seed=0), bowl, n_trials=8)
+    assert sampled_by(study) == ["bayes_opt:random_init"] * 5 + ["bayes_opt"] * 3
 
 
 def test_int_params_in_log_space_round_trip():

@@ -48,6 +48,16 @@ def _check(data) -> None:
             assert line.startswith("study.yaml: ") and "\n" not in line, line
         return
     assert isinstance(cfg, StudyConfig)
+    # What loads is a study of its own: written back out, it reads back the same...
+    assert parse_study(cfg.model_dump(mode="json"), "study.yaml") == cfg
+    # ...and holds what every later stage takes for granted.
+    assert cfg.n_trials >= 1 and cfg.name
+    for name, p in cfg.search_space.items():
+        if hasattr(p, "low"):
+            assert p.low < p.high, name
+            assert not p.log or p.low > 0, name
+        else:
+            assert p.choices, name
 
 
 @pytest.mark.slow
