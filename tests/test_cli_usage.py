@@ -9,7 +9,7 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from conftest import hpsearch, study_config, write_study
+from conftest import study_config, write_study
 
 from hpsearch.cli import main
 
@@ -55,19 +55,24 @@ def test_trains_model_folder_is_what_evaluate_takes_with_averages_and_strict_mod
         tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir)
     out = tmp_path / "manual"
-    r = hpsearch("train", str(path), "--set", "learning_rate=3e-3", "--out", str(out))
-    assert r.returncode == 0, r.stderr
+    runner = CliRunner()  # in this process: nothing here needs a fresh interpreter
+
+    def cli(*args: str):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    r = cli("train", str(path), "--set", "learning_rate=3e-3", "--out", str(out))
+    assert r.exit_code == 0, r.output
     model = out / "model"
     assert f"model: {model}" in r.stdout
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
         p.name for p in model.iterdir()}
     labels = set(json.loads((model / "config.json").read_text())["id2label"].values())
     assert {"O", "B-PER", "I-PER", "B-LOC", "B-ORG"} <= labels
-    e = hpsearch("evaluate", str(path), "--model", str(model), "--split", "val")
-    assert e.returncode == 0, e.stderr
+    e = cli("evaluate", str(path), "--model", str(model), "--split", "val")
+    assert e.exit_code == 0, e.output
     assert "macro avg" in e.stdout and "weighted avg" in e.stdout
-    scores = {mode: json.loads(hpsearch("evaluate", str(path), "--model", str(model), "--split",
-                                        "val", "--mode", mode, "--json").stdout)
+    scores = {mode: json.loads(cli("evaluate", str(path), "--model", str(model), "--split",
+                                   "val", "--mode", mode, "--json").stdout)
               for mode in ("default", "strict")}
     # this model opens some entities with I-: the two modes count them differently
     assert scores["strict"]["f1"] != scores["default"]["f1"]
