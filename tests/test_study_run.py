@@ -6,10 +6,17 @@ import json
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from conftest import hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
+from hpsearch.cli import main
 from hpsearch.config import load_study
+
+
+def cli(*args: str):
+    """A command that trains nothing, in this process: a fresh interpreter costs seconds."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 # Every test runs real trials through the command line.
 pytestmark = pytest.mark.slow
@@ -41,8 +48,8 @@ def test_run_writes_complete_trials(finished):
 
 def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tmp_path):
     path, _ = finished
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0 and "nothing to do" in r.stdout
+    r = cli("run", str(path))
+    assert r.exit_code == 0 and "nothing to do" in r.stdout
     assert len(trials_of(path)) == 3
     d = yaml.safe_load(path.read_text())
     d["n_trials"] = 5
@@ -57,13 +64,13 @@ def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tm
 def test_best_and_status_show_the_best_trial_in_the_database(finished):
     path, _ = finished
     best = max(trials_of(path), key=lambda t: t.value)
-    r = hpsearch("best", str(path), "--json")
-    assert r.returncode == 0
+    r = cli("best", str(path), "--json")
+    assert r.exit_code == 0
     got = json.loads(r.stdout)
     assert got["number"] == best.number and got["value"] == pytest.approx(best.value)
     assert got["params"] == pytest.approx(best.params)
-    r = hpsearch("status", str(path))
-    assert r.returncode == 0 and f"best #{best.number}" in r.stdout
+    r = cli("status", str(path))
+    assert r.exit_code == 0 and f"best #{best.number}" in r.stdout
     assert r.stdout.count("COMPLETE") == len(trials_of(path))
 
 
@@ -80,8 +87,8 @@ def test_best_model_loads_with_plain_transformers(finished):
     marker = json.loads((folder / "hpsearch-trial.json").read_text())
     best = max(trials_of(path), key=lambda t: t.value)
     assert marker["number"] == best.number
-    r = hpsearch("evaluate", str(path), "--split", "val", "--json")
-    assert r.returncode == 0, r.stderr
+    r = cli("evaluate", str(path), "--split", "val", "--json")
+    assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["f1"] == pytest.approx(best.value, abs=1e-9)
 
 
@@ -91,8 +98,8 @@ def test_study_file_changed_between_runs_is_refused(finished):
     d["search_space"]["learning_rate"]["high"] = 0.5
     changed = path.with_name("changed.yaml")
     changed.write_text(yaml.safe_dump(d))
-    r = hpsearch("run", str(changed))
-    assert r.returncode == 2
+    r = cli("run", str(changed))
+    assert r.exit_code == 2
     assert "search_space.learning_rate.high: 0.01 -> 0.5" in r.stderr
 
 
