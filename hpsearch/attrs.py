@@ -15,6 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
 A_WORKER, A_WORKER_PID = "hpsearch:worker", "hpsearch:worker_pid"
 A_GPU = "hpsearch:cuda_visible_devices"  # what a trial process could see, for the record
+#: The Slurm job (``JOB_TASK`` for an array task) a trial ran in, and how often Slurm had
+#: requeued that task by then (slurm.py).
+A_SLURM_JOB, A_SLURM_RESTARTS = "hpsearch:slurm_job", "hpsearch:slurm_restarts"
 A_SAMPLER = "hpsearch:sampler"  # the sampler class that proposed the trial's parameters
 #: The Slurm job (``JOB_TASK`` for an array task) a trial ran in, and how often Slurm had
 #: requeued that task by then (slurm.py).

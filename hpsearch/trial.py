@@ -53,6 +53,7 @@ from hpsearch.recovery import (
     recover_interrupted,
     resume_folder,
 )
+from hpsearch.slurm import trial_attrs
 from hpsearch.space import suggest
 from hpsearch.storage import study_lock
 from hpsearch.trainer.trial_dir import drop_checkpoints, trial_dir
@@ -303,7 +304,8 @@ def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: StudyConfig) -> S
     out = trial_dir(cfg.out, trial.number)
     attrs = storage.get_trial(tid).system_attrs
     resume_from = resume_folder(attrs)
-    for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out))):
+    for k, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()), (A_DIR, str(out)),
+                 *trial_attrs().items()):  # and its Slurm job and task, under Slurm
         storage.set_trial_system_attr(tid, k, v)
     if resume_from is not None and resume_from.parent != out:
         storage.set_trial_system_attr(tid, A_FROM, str(resume_from.parent))

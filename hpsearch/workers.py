@@ -21,6 +21,12 @@ second request kills the workers at once; their trials stay RUNNING and the next
 them. Every process dies with its parent (PR_SET_PDEATHSIG), so a killed worker leaves no
 training behind, and its trial (both processes gone) is recovered by any other worker.
 
+A repeated SIGTERM is the same request, not a second one: a scheduler ending a job (Slurm's
+scancel, requeue, preemption, time limit) sends TERM to every process of it at once, so each
+of ours hears it from outside and again from its parent, and counted twice it would kill the
+trials before they checkpoint. Only a second SIGINT (Ctrl-C) stops at once, and the
+scheduler's own SIGKILL once its grace has passed.
+
 A worker that finds nothing left to claim waits while other trials are still running: if one
 of their workers dies, someone has to run the continuation.
 """
@@ -100,6 +106,18 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
+def _term_once(stop: StopRequest) -> None:
+    """A trial process takes SIGTERM once: the scheduler's and its worker's are one request
+    (see the module's docstring); a repeated SIGINT still stops it at once."""
+    first = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame) -> None:
+        if not stop():
+            first(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -145,6 +163,7 @@ def _trial_process(cfg: StudyConfig, tid: int, prep, conn, parent: int) -> None:
     trial = optuna.Trial(study, tid)
     code = 0
     with StopRequest() as stop:
+        _term_once(stop)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
         try:
             outcome = run_trial(study, trial, cfg, prep, stop)
@@ -191,6 +210,8 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
 
     def on_signal(signum, frame) -> None:
         child = state["child"]
+        if state["stop"] and signum == signal.SIGTERM:
+            return  # the same request, from the scheduler and from the pool
         if state["stop"]:  # second request: stop at once; the trial is recovered later
             if child is not None:
                 _tell(child.pid, signal.SIGKILL)
@@ -269,6 +290,7 @@ def _fused_process(cfg: StudyConfig, prep, worker: str, deadline: float | None, 
     study = open_study(cfg)
     code = 0
     with StopRequest() as stop:
+        _term_once(stop)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the fork
         try:
             feed = run_fused(study, cfg, prep, stop, deadline=deadline, worker=worker,
@@ -352,6 +374,8 @@ def run_pool(
     stops = {"n": 0}
 
     def on_signal(signum, frame) -> None:
+        if stops["n"] and signum == signal.SIGTERM:
+            return  # the same request, from the scheduler and from a batch script's trap
         stops["n"] += 1
         first = stops["n"] == 1
         if first:
