@@ -15,9 +15,6 @@ from optuna.trial import FrozenTrial, TrialState
 A_HOST, A_PID, A_BEAT = "hpsearch:host", "hpsearch:pid", "hpsearch:heartbeat"
 A_WORKER, A_WORKER_PID = "hpsearch:worker", "hpsearch:worker_pid"
 A_GPU = "hpsearch:cuda_visible_devices"  # what a trial process could see, for the record
-#: The Slurm job (``JOB_TASK`` for an array task) a trial ran in, and how often Slurm had
-#: requeued that task by then (slurm.py).
-A_SLURM_JOB, A_SLURM_RESTARTS = "hpsearch:slurm_job", "hpsearch:slurm_restarts"
 A_SAMPLER = "hpsearch:sampler"  # the sampler class that proposed the trial's parameters
 #: The Slurm job (``JOB_TASK`` for an array task) a trial ran in, and how often Slurm had
 #: requeued that task by then (slurm.py).
@@ -37,6 +34,8 @@ A_RETRIED, A_OVERRIDES, A_OOM_RETRY = "hpsearch:retried", "hpsearch:trainer_over
 A_CONFIG, A_DATA, A_MODEL = "hpsearch:config", "hpsearch:data", "hpsearch:model"
 #: A trial's user attribute: what it was trained on and with (provenance.trial_provenance).
 A_PROVENANCE = "provenance"
+#: A confirmation run (confirm.py): the search trial it trains again, and its trainer seed.
+A_CONFIRMS, A_SEED = "hpsearch:confirms", "hpsearch:seed"
 
 # Failure reasons (besides the trainer's own: nan_loss, checkpoint_mismatch, config, ...).
 INTERRUPTED, DISK_FULL, OOM, CRASHED, ERROR = "interrupted", "disk_full", "oom", "crashed", \
@@ -47,10 +46,16 @@ def origin_of(trial: FrozenTrial) -> int:
     return int(trial.system_attrs.get(A_ORIGIN, trial.number))
 
 
+def taken_over(t: FrozenTrial) -> bool:
+    """Another trial goes on in its place: an interrupted trial's continuation, an
+    out-of-memory trial's retry."""
+    return t.system_attrs.get(A_REASON) == INTERRUPTED or bool(t.system_attrs.get(A_RETRIED))
+
+
 def counts_toward_total(t: FrozenTrial) -> bool:
-    """Every trial counts once, except one taken over by another (an interrupted trial's
-    continuation, an out-of-memory trial's retry): that one counts instead."""
-    return t.system_attrs.get(A_REASON) != INTERRUPTED and not t.system_attrs.get(A_RETRIED)
+    """Every trial counts once, except one taken over by another: that one counts instead.
+    Confirmation runs of the finalists (confirm.py) are not search trials and never count."""
+    return not taken_over(t) and A_CONFIRMS not in t.system_attrs
 
 
 def n_counted(study: optuna.Study) -> int:

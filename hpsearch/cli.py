@@ -228,16 +228,37 @@ def status(study_file: str, number: int | None) -> None:
     if s.best_value is not None:
         click.echo(f"best #{s.best_number}: {cfg.metric}={s.best_value:.4f}  "
                    f"{_fmt_params(s.best_params)}")
+    for line in _finalist_lines(cfg, trials):
+        click.echo(line)
     from hpsearch.slurm import status_lines  # a submitted study: its jobs and their tasks
 
     for line in status_lines(cfg, trials):
         click.echo(line)
 
 
+def _finalist_lines(cfg, trials) -> list[str]:
+    """With confirm: each finalist's mean ± std over its seeds and their values, the verdict."""
+    from hpsearch.confirm import standings, verdict
+
+    table = standings(trials, cfg)
+    if not table:
+        return []
+    lines = [f"finalists ({cfg.confirm.select} over seeds decides):"]
+    for i, f in enumerate(table):
+        lines.append(f"  {'winner' if i == 0 else f'{i + 1:>6}'}  #{f.trial.number:<4} "
+                     f"{cfg.metric}={f.mean:.4f} ± {f.std:.4f}  seeds: "
+                     + ", ".join(f"{v:.4f}" for v in f.values)
+                     + f"  {_fmt_params(f.trial.params)}")
+    said = verdict(table)
+    if said:
+        lines.append(f"  {said}")
+    return lines
+
+
 def _status_note(t) -> str:
     from optuna.trial import TrialState
 
-    from hpsearch.attrs import A_REASON, A_RETRY_OF, A_SLURM_JOB
+    from hpsearch.attrs import A_CONFIRMS, A_REASON, A_RETRY_OF, A_SEED, A_SLURM_JOB
     from hpsearch.recovery import is_dead
 
     note = t.system_attrs.get(A_REASON) or ""
@@ -247,6 +268,9 @@ def _status_note(t) -> str:
         note = f"{note}: {t.user_attrs['error']}"
     if A_RETRY_OF in t.system_attrs:
         note = f"continues #{t.system_attrs[A_RETRY_OF]} {note}".strip()
+    if A_CONFIRMS in t.system_attrs:
+        note = (f"confirms #{t.system_attrs[A_CONFIRMS]} (seed {t.system_attrs.get(A_SEED)}) "
+                f"{note}").strip()
     if t.user_attrs.get("enqueued"):
         note = f"enqueued ({t.user_attrs['enqueued']}) {note}".strip()
     if t.state == TrialState.RUNNING and is_dead(t):
@@ -284,14 +308,16 @@ def _fmt_value(v) -> str:
 @click.option("--slurm", is_flag=True, help="Submit to Slurm (the one scheduler so far).")
 @click.option("--array", type=click.IntRange(min=1), default=1, show_default=True,
               metavar="N", help="Array tasks: N workers, each one `hpsearch worker`.")
-@click.option("--gpus-per-task", type=click.IntRange(min=1), default=None, metavar="G")
-@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, metavar="C")
+@click.option("--gpus-per-task", type=click.IntRange(min=1), default=None, metavar="G",
+              help="GPUs per task; Slurm sets CUDA_VISIBLE_DEVICES and the worker keeps it.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, metavar="C",
+              help="CPUs per task (also the task's OMP_NUM_THREADS unless set).")
 @click.option("--mem", default=None, metavar="SIZE", help="Memory per task, e.g. 16G.")
 @click.option("--time", "time_limit", default=None, metavar="LIMIT",
               help="Time limit per task, e.g. 4:00:00; trials checkpoint before it.")
-@click.option("--partition", default=None)
-@click.option("--account", default=None)
-@click.option("--qos", default=None)
+@click.option("--partition", default=None, help="Slurm partition (sbatch --partition).")
+@click.option("--account", default=None, help="Slurm account (sbatch --account).")
+@click.option("--qos", default=None, help="Slurm quality of service (sbatch --qos).")
 @click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="OPTION",
               help="Any other sbatch option, e.g. --sbatch-arg=--constraint=a100 (repeat).")
 @click.option("--grace", type=click.IntRange(min=10), default=120, show_default=True,
@@ -370,20 +396,33 @@ def cancel(study_file: str, wait_s: float) -> None:
 @_errors
 def best(study_file: str, as_json: bool) -> None:
     """The best trial's parameters and score."""
+    from hpsearch.confirm import standings, verdict
     from hpsearch.opening import open_study
     from hpsearch.study import summarize
 
     cfg = load_study(study_file)
-    s = summarize(open_study(cfg), cfg, [], [])
+    study = open_study(cfg)
+    s = summarize(study, cfg, [], [])
     if s.best_value is None:
         raise ConfigError(f"study '{cfg.name}' has no completed trial yet")
+    trials = study.get_trials(deepcopy=False)
     if as_json:
-        click.echo(json.dumps({"number": s.best_number, "value": s.best_value,
-                               "metric": cfg.metric, "params": s.best_params}))
+        out = {"number": s.best_number, "value": s.best_value, "metric": cfg.metric,
+               "params": s.best_params}
+        table = standings(trials, cfg)
+        if table:
+            out["finalists"] = [
+                {"number": f.trial.number, "params": f.trial.params, "mean": f.mean,
+                 "std": f.std, "values": f.values, "seeds": f.seeds} for f in table]
+            out["select"] = cfg.confirm.select
+            out["verdict"] = verdict(table)
+        click.echo(json.dumps(out))
         return
     click.echo(f"best trial #{s.best_number}: {cfg.metric}={s.best_value:.4f}")
     for k, v in s.best_params.items():
         click.echo(f"  {k}: {v}")
+    for line in _finalist_lines(cfg, trials):
+        click.echo(line)
 
 
 @main.command()

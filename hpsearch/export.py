@@ -17,8 +17,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.attrs import A_DIR, A_FROM, A_RETRY_OF, counts_toward_total
+from hpsearch.attrs import A_DIR, A_FROM, A_RETRY_OF, taken_over
 from hpsearch.config import StudyConfig
+from hpsearch.confirm import chosen, standings
 from hpsearch.opening import data_dir
 from hpsearch.storage import file_lock
 from hpsearch.trainer.trial_dir import best_weights, drop_best, drop_checkpoints
@@ -36,10 +37,12 @@ def tidy(study: optuna.Study, cfg: StudyConfig) -> None:
 
 def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
     trials = study.get_trials(deepcopy=False)
-    try:
-        best = study.best_trial
-    except ValueError:
-        best = None
+    best = chosen(study, cfg)
+    # Best weights kept: the best trial's; with confirm, every run that may yet be the winner's
+    # (a trial in the final top_k was in the top_k when it finished, so none is lost).
+    keep_best = {best.number} if best is not None else set()
+    if cfg.confirm is not None:
+        keep_best |= {t.number for f in standings(trials, cfg) for t in f.runs}
     # Folders whose checkpoints (and best weights) a continuation has yet to adopt: a queued
     # one names it as its folder, a claimed one too until it starts, a started one as A_FROM.
     wanted = {t.system_attrs.get(A_DIR) for t in trials
@@ -51,12 +54,12 @@ def _tidy(study: optuna.Study, cfg: StudyConfig) -> None:
             continue
         if t.system_attrs[A_DIR] in wanted:
             continue
-        if not counts_toward_total(t) and t.number not in continued:
+        if taken_over(t) and t.number not in continued:
             continue  # interrupted a moment ago: its continuation is being queued
         d = Path(t.system_attrs[A_DIR])
         if cfg.keep != "all":
             drop_checkpoints(d)
-        if cfg.keep != "all" and (best is None or t.number != best.number):
+        if cfg.keep != "all" and t.number not in keep_best:
             drop_best(d)
     if best is not None and export_best(cfg, best) is not None and cfg.keep == "none":
         drop_best(Path(best.system_attrs.get(A_DIR, "")))  # best-model/ holds it now

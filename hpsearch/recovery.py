@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import (
     A_BEAT,
+    A_CONFIRMS,
     A_DIR,
     A_FROM,
     A_HOST,
@@ -28,6 +29,7 @@ from hpsearch.attrs import (
     A_PID,
     A_REASON,
     A_RETRY_OF,
+    A_SEED,
     A_WORKER_PID,
     INTERRUPTED,
     origin_of,
@@ -114,6 +116,9 @@ def queue_continuation(study: optuna.Study, t: FrozenTrial, *, resume: bool = Tr
             attrs[A_DIR] = t.system_attrs[A_FROM]
     if A_OVERRIDES in t.system_attrs and A_OVERRIDES not in attrs:
         attrs[A_OVERRIDES] = t.system_attrs[A_OVERRIDES]
+    for key in (A_CONFIRMS, A_SEED):  # a confirmation run's continuation confirms the same
+        if key in t.system_attrs:
+            attrs[key] = t.system_attrs[key]
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.WAITING,

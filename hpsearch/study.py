@@ -25,8 +25,9 @@ from typing import Any
 
 import optuna
 
-from hpsearch.attrs import A_CONFIG, A_DATA, A_MODEL, DISK_FULL, n_counted, work_left
+from hpsearch.attrs import A_CONFIG, A_DATA, A_MODEL, DISK_FULL, n_counted
 from hpsearch.config import ConfigError, StudyConfig, study_fingerprint
+from hpsearch.confirm import chosen
 from hpsearch.errors import DiskFull
 from hpsearch.export import tidy
 from hpsearch.opening import data_dir, open_study, study_exists
@@ -34,7 +35,14 @@ from hpsearch.preflight import preflight
 from hpsearch.recovery import recover_interrupted
 from hpsearch.space import distributions
 from hpsearch.storage import study_lock
-from hpsearch.trial import StopRequest, TrialOutcome, claim_trial, disk_full_message, run_trial
+from hpsearch.trial import (
+    StopRequest,
+    TrialOutcome,
+    claim_trial,
+    disk_full_message,
+    more_work,
+    run_trial,
+)
 
 # hpsearch runs its own heartbeat thread around ask/tell (see recovery.Heartbeat).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -178,16 +186,22 @@ def run(
     ran: list[TrialOutcome] = []
     deadline = time.time() + cfg.timeout if cfg.timeout else None
     with StopRequest() as stop:
-        if cfg.trainer.fuse > 1 and work_left(study, cfg.n_trials):
+        # Fused: arrays until the study needs nothing more (the search, then the finalists'
+        # confirmation runs, which are queued only once the search is over).
+        while cfg.trainer.fuse > 1 and more_work(study, cfg) and not stop():
             from hpsearch.fused import run_fused
 
+            if deadline is not None and time.time() >= deadline:
+                break
             prep = prepare(cfg.trainer, data_dir(cfg), cfg.out / "cache")
             feed = run_fused(study, cfg, prep, stop, on_trial=on_trial, deadline=deadline,
                              on_recovered=heard)
-            ran, recovered = feed.outcomes, recovered + feed.recovered
+            ran, recovered = ran + feed.outcomes, recovered + feed.recovered
             if feed.disk_full is not None:
                 raise DiskFull(disk_full_message(feed.disk_full, cfg))
-        while work_left(study, cfg.n_trials) and not stop():
+            if not feed.outcomes:
+                break  # nothing could be claimed: whatever is left is another process's
+        while more_work(study, cfg) and not stop():
             if deadline is not None and time.time() >= deadline:
                 break
             # After the count check: a finished study touches no data. Once per trial, so each
@@ -217,10 +231,7 @@ def summarize(study, cfg, ran, recovered) -> RunSummary:
         from hpsearch import reporting
 
         reporting.study_end(cfg, study)
-    try:
-        best = study.best_trial
-    except ValueError:
-        best = None
+    best = chosen(study, cfg)
     return RunSummary(
         ran=ran,
         recovered=recovered,

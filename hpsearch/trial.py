@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.attrs import (
+    A_CONFIRMS,
     A_DIR,
     A_FROM,
     A_HOST,
@@ -43,6 +44,7 @@ from hpsearch.attrs import (
 )
 from hpsearch.backends import make_sampler
 from hpsearch.config import StudyConfig
+from hpsearch.confirm import queue_confirmations
 from hpsearch.errors import StudyInterrupted, is_disk_full
 from hpsearch.optuna_compat import storage_of, trial_id
 from hpsearch.provenance import trial_provenance
@@ -97,6 +99,7 @@ def claim_trials(
     trials: list[optuna.Trial] = []
     with study_lock(cfg.storage_url, cfg.name):
         recovered = recover_interrupted(study)
+        queue_confirmations(study, cfg)  # once the search is over: the finalists' seeds
         while len(trials) < k and work_left(study, cfg.n_trials):
             study.sampler = trial_sampler(cfg, len(study.get_trials(deepcopy=False)))
             trial = study.ask()
@@ -109,6 +112,17 @@ def claim_trials(
             suggest(trial, cfg.search_space)
             trials.append(trial)
     return trials, recovered
+
+
+def more_work(study: optuna.Study, cfg: StudyConfig) -> bool:
+    """Whether the study needs another trial from anyone: the search's, a continuation, or,
+    once the search is over, a confirmation run of a finalist (queued here if it is due)."""
+    if work_left(study, cfg.n_trials):
+        return True
+    if cfg.confirm is None:
+        return False
+    with study_lock(cfg.storage_url, cfg.name):
+        return queue_confirmations(study, cfg) > 0 or work_left(study, cfg.n_trials)
 
 
 def claim_trial(
@@ -289,11 +303,27 @@ class Started:
         return self.tcfg
 
     def reporter(self, cfg: StudyConfig):
-        """The trial itself, or a translation to the study's steps for another batch size."""
+        """The trial itself, or a translation to the study's steps for another batch size.
+        A confirmation run reports its curve but is never pruned: it exists to run whole."""
         scale = cfg.step_scale(self.tcfg)
+        if A_CONFIRMS in self.attrs:
+            return NeverPruned(self.trial)
         if scale == 1:
             return self.trial
         return InStudySteps(self.trial, scale, self.tcfg.eval_every, cfg.trainer.eval_every)
+
+
+class NeverPruned:
+    """Reports like the trial, and the pruner is never asked."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.trial = trial
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return False
 
 
 def start_trial(study: optuna.Study, trial: optuna.Trial, cfg: StudyConfig) -> Started:

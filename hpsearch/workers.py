@@ -62,6 +62,7 @@ from hpsearch.trial import (
     TrialOutcome,
     claim_trial,
     disk_full_message,
+    more_work,
     record_failure,
     run_trial,
 )
@@ -230,7 +231,7 @@ def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline:
         if deadline is not None and time.time() >= deadline:
             break
         if cfg.trainer.fuse > 1:  # a child trains fused arrays and claims their trials itself
-            if not work_left(study, cfg.n_trials):
+            if not more_work(study, cfg):
                 if others_running(study):
                     time.sleep(POLL)
                     continue
@@ -364,7 +365,7 @@ def run_pool(
     if recovered:
         heard(recovered)
     ran: list[TrialOutcome] = []
-    if not work_left(study, cfg.n_trials):
+    if not more_work(study, cfg):
         return summarize(study, cfg, ran, recovered)
 
     from hpsearch.trainer import prepare

@@ -28,6 +28,15 @@ class MlflowSettings(Strict):
     experiment: str | None = Field(default=None, description="default: the study's name")
 
 
+class ConfirmSettings(Strict):
+    """After the search, train the ``top_k`` best settings ``seeds`` more times (confirm.py)."""
+
+    top_k: int = Field(ge=1, description="finalists: the best search trials trained again")
+    seeds: int = Field(ge=1, description="more trainer seeds per finalist")
+    select: Literal["mean", "min"] = Field(
+        default="mean", description="the winner: best mean over its seeds, or best worst case")
+
+
 class StudyConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     storage: str | None = Field(
@@ -60,6 +69,8 @@ class StudyConfig(Strict):
         default_factory=list, description="where each trial's curves and end are reported: "
         "tensorboard (<output_dir>/tensorboard), mlflow")
     mlflow: MlflowSettings | None = None
+    # Not part of study_fingerprint either: raising top_k later runs only what is new.
+    confirm: ConfirmSettings | None = None
 
     @field_validator("metric")
     @classmethod

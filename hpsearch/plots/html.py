@@ -12,12 +12,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.attrs import A_PROVENANCE, A_REASON, A_RETRY_OF, INTERRUPTED
 from hpsearch.config import StudyConfig
+from hpsearch.confirm import standings
 from hpsearch.plots.common import FIG_HEIGHT, Views, best_of, completed, finite, param_names
+from hpsearch.plots.finalists import finalists_html
 from hpsearch.provenance import short_commit
 
 #: Sections of the report, in page order: (html id, heading).
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("summary", "Summary"),
+    ("finalists", "Finalists"),
     ("history", "Optimization history"),
     ("learning-curves", "Learning curves"),
     ("gradient-norms", "Gradient norms"),
@@ -164,7 +167,16 @@ def summary_html(trials: list[FrozenTrial], cfg: StudyConfig, study_name: str) -
         ("trials", f"{len(trials)} (n_trials {cfg.n_trials})"
                    + "".join(f", {n} {s}" for s, n in by_state.items() if n)),
     ]
-    if done:
+    table = standings(trials, cfg)
+    if table:  # confirm: the winning finalist's best seed, and what its seeds say
+        win = table[0]
+        best = win.best_run(cfg.direction == "maximize")
+        rows.append(("best", f"{cfg.metric} = {best.value:.4f} (trial {best.number}; finalist "
+                     f"#{win.trial.number}: {win.mean:.4f} ± {win.std:.4f} over "
+                     f"{len(win.values)} seeds)"))
+        rows.append(("best params",
+                     ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())))
+    elif done:
         best = best_of(done, cfg)
         rows.append(("best", f"{cfg.metric} = {best.value:.4f} (trial {best.number})"))
         rows.append(("best params",
@@ -265,6 +277,7 @@ def render_html(cfg: StudyConfig, study_name: str, trials: list[FrozenTrial], vi
 
     parts = {
         "summary": summary_html(trials, cfg, study_name),
+        "finalists": finalists_html(trials, cfg),
         "trials": trial_table_html(trials, cfg),
     }
     sections = []

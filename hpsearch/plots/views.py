@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
 
 from hpsearch.config import StudyConfig
+from hpsearch.confirm import standings
 from hpsearch.plots.common import (
     FIG_HEIGHT,
     Views,
@@ -25,6 +26,7 @@ from hpsearch.plots.curves import (
     learning_curves_figure,
     metrics_rows,
 )
+from hpsearch.plots.finalists import finalists_figure
 from hpsearch.plots.importances import _add_importances, _importances_aside
 from hpsearch.plots.landscape import _add_landscape
 
@@ -59,6 +61,9 @@ def build_views(snap: optuna.Study, cfg: StudyConfig) -> Views:
         views.notes["learning-curves"] = "No trial has reported intermediate values yet."
     else:
         views.figures["learning-curves"] = curves
+    finals = finalists_figure(standings(trials, cfg), cfg)
+    if finals is not None:
+        views.figures["finalists"] = finals
     logs = {t.number: metrics_rows(t, cfg, trials) for t in health_trials(trials, cfg)}
     norms = grad_norms_figure(logs)
     if norms is None:

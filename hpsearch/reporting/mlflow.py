@@ -202,10 +202,9 @@ class MlflowSink:
 
 def study_end(cfg, study) -> None:
     """The parent run at the end of a run: the best trial, and its exported model."""
-    try:
-        best = study.best_trial
-    except ValueError:
-        best = None
+    from hpsearch.confirm import chosen
+
+    best = chosen(study, cfg)
     client, _, parent = study_run(cfg)
     with _server(tracking_uri(cfg)):
         _study_end(cfg, study, client, parent, best)

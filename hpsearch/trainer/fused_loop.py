@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -188,6 +189,7 @@ class _Array:
         if self.plan.cpu_kernels:
             use_cpu_kernels(template)
         self.initial = {n: t.detach().clone() for n, t in template.state_dict().items()}
+        self._initials: dict[int, dict[str, torch.Tensor]] = {}  # other seeds' (confirm.py)
         self.template = template
         self.model = FusedModel([template] * k).to(self.device)
         self.model.train()
@@ -286,7 +288,7 @@ class _Array:
         m.data_seconds, source = self.prep.cost()
         log.info("data %.2fs (%s); array built in %.1fs", m.data_seconds, source,
                  self.build_seconds)
-        self.model.load_member_state_dict(slot, self.initial)
+        self.model.load_member_state_dict(slot, self.initial_weights(cfg.seed))
         self.model.set_dropout(slot, cfg.dropout)
         self.optimizer.reset_member(slot, weight_decay=cfg.weight_decay,
                                     betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -307,6 +309,27 @@ class _Array:
                 self.checkpoint(slot)
                 trial_dir.adopt_best(found.path.parent.parent, job.out_dir)
         m.t_start = time.perf_counter() - st.train_seconds
+
+    def initial_weights(self, seed: int | None) -> dict[str, torch.Tensor]:
+        """The weights a solo trial with this trainer seed starts from: the array's own, or
+        (a finalist's confirmation run with another seed) built once for that seed, without
+        touching the random streams the running members draw their dropout masks from."""
+        seed = seed or 0
+        if seed == (self.base.seed or 0):
+            return self.initial
+        if seed not in self._initials:
+            gpus = [self.device.index or 0] if self.device.type == "cuda" else []
+            states = random.getstate(), np.random.get_state()
+            with torch.random.fork_rng(devices=gpus):
+                seed_everything(seed)
+                model = build_model(self.base, self.prep.tokenizer, self.prep.labels)
+                if self.plan.cpu_kernels:
+                    use_cpu_kernels(model)
+                self._initials[seed] = {n: t.detach().clone()
+                                        for n, t in model.state_dict().items()}
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+        return self._initials[seed]
 
     def _close(self, slot: int) -> None:
         m = self.slots[slot]
