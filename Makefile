@@ -28,12 +28,15 @@ demo: setup
 	$(BIN)/hpsearch status studies/demo.yaml
 	$(BIN)/hpsearch plot studies/demo.yaml
 
-# Real components the tests start: Chromium (the report in a browser) and a PostgreSQL server
-# (shared studies). Installed from Debian when missing and when we may; otherwise the tests that
-# need them skip with a loud message.
+# Real components the tests start: Chromium (the report in a browser), a PostgreSQL server
+# (shared studies) and a one-node Slurm with munge (hpsearch submit). Installed from Debian when
+# missing and when we may; otherwise the tests that need them skip with a loud message.
 sysdeps:
 	@need=""; command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v slurmctld >/dev/null 2>&1 && command -v slurmd >/dev/null 2>&1 \
+	  || need="$$need slurm-wlm"; \
+	command -v munged >/dev/null 2>&1 || need="$$need munge"; \
 	if [ -n "$$need" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$need"; \

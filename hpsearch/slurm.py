@@ -111,7 +111,10 @@ def check_storage(cfg: StudyConfig, array: int) -> list[str]:
     local file system certainly is not.
     """
     url = cfg.storage_url
-    if url.startswith("sqlite:") and (array > 1 or local_file(url) is None):
+    if url.startswith("sqlite:") and local_file(url) is None:
+        raise ConfigError(f"storage {url}: a study in memory dies with its process; batch "
+                          "jobs need a storage that outlives it")
+    if url.startswith("sqlite:") and array > 1:
         raise ConfigError(
             f"storage {redact(url)}: SQLite cannot be shared by {array} Slurm array tasks, "
             "which may run on different nodes (its locks do not hold over a network file "
@@ -134,7 +137,7 @@ def _fs_type(path: Path) -> str | None:
         mounts = Path("/proc/mounts").read_text().splitlines()
     except OSError:
         return None
-    target = Path(os.path.abspath(path))
+    target = Path(os.path.realpath(path))
     best, kind = "", None
     for line in mounts:
         parts = line.split()

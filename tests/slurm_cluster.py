@@ -33,6 +33,11 @@ class Unavailable(RuntimeError):
     """No Slurm or munge here (and none could be installed), or not root."""
 
 
+def _exe(name: str) -> str | None:
+    """A daemon's path: /usr/sbin is not on every PATH, even root's."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,7 +113,7 @@ class Cluster:
 
 def _node_line() -> str:
     """This machine's CPUs and memory as slurmd sees them, for a node called localhost."""
-    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    out = subprocess.run([_exe("slurmd"), "-C"], capture_output=True, text=True).stdout
     first = out.splitlines()[0] if out else ""
     cpus = int(m.group(1)) if (m := re.search(r"\bCPUs=(\d+)", first)) else os.cpu_count() or 1
     mem = int(m.group(1)) if (m := re.search(r"\bRealMemory=(\d+)", first)) else 1000
@@ -156,7 +161,7 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
 def start_cluster() -> Cluster:
     """munged, slurmctld and slurmd in a fresh temp folder; raises Unavailable without them."""
-    missing = [b for b in BINARIES if shutil.which(b) is None]
+    missing = [b for b in BINARIES if _exe(b) is None]
     if missing:
         raise Unavailable(f"missing {' '.join(missing)} (Debian: apt-get install slurm-wlm "
                           "munge; `make sysdeps` does it when run as root)")
@@ -184,7 +189,7 @@ def _start(cluster: Cluster) -> None:
     log = open(root / "log" / "daemons.log", "ab")  # noqa: SIM115 (the daemons hold it)
     # munged refuses to run as root without --force; -F keeps it our child, to stop by pid.
     cluster.procs["munged"] = subprocess.Popen(
-        ["munged", "-F", "--force", f"--socket={root / 'munge.sock'}", f"--key-file={key}",
+        [_exe("munged"), "-F", "--force", f"--socket={root / 'munge.sock'}", f"--key-file={key}",
          f"--log-file={root / 'log' / 'munged.log'}", f"--pid-file={root / 'munged.pid'}",
          f"--seed-file={root / 'munged.seed'}"], stdout=log, stderr=log)
     deadline = time.time() + 20
@@ -203,10 +208,10 @@ def _start(cluster: Cluster) -> None:
     cluster.conf.write_text(_config(root, _free_port(), _free_port()))
     env = {**os.environ, **cluster.env}
     # -D: in the foreground, our children; -i: no state from an earlier run.
-    cluster.procs["slurmctld"] = subprocess.Popen(["slurmctld", "-D", "-i", "-f",
+    cluster.procs["slurmctld"] = subprocess.Popen([_exe("slurmctld"), "-D", "-i", "-f",
                                                   str(cluster.conf)],
                                                  stdout=log, stderr=log, env=env)
-    cluster.procs["slurmd"] = subprocess.Popen(["slurmd", "-D", "-N", "localhost", "-f",
+    cluster.procs["slurmd"] = subprocess.Popen([_exe("slurmd"), "-D", "-N", "localhost", "-f",
                                                str(cluster.conf)],
                                               stdout=log, stderr=log, env=env)
     deadline = time.time() + 60
