@@ -170,3 +170,22 @@ def test_with_fuse_a_finalists_seeds_train_as_members_of_one_array(tmp_path, dem
             for t in confirms]
     assert all("fused array of 2" in log for log in logs)
     assert confirms[0].value != confirms[1].value  # each its own seed: its own start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_lr, distinguishable", [(2.4e-3, False), (1e-2, True)])
+def test_the_verdict_on_real_runs_of_the_demo_data(tmp_path, demo_dir, second_lr,
+                                                   distinguishable):
+    """Two learning rates a hair apart are within their seeds' spread (here: lead 0.7 points,
+    spread 1.8); a rate five times larger trails by far more than its seeds move (48.9, 1.5)."""
+    points = [{"learning_rate": 2e-3, "weight_decay": 1e-3},
+              {"learning_rate": second_lr, "weight_decay": 1e-3}]
+    path = write_study(tmp_path, demo_dir, n_trials=2, enqueue=points,
+                       confirm={"top_k": 2, "seeds": 2},
+                       trainer={"train_limit": 200, "val_limit": 100, "max_epochs": 2})
+    assert cli("run", str(path)).exit_code == 0
+    out = cli("best", str(path))
+    assert out.exit_code == 0, out.output
+    said = json.loads(cli("best", str(path), "--json").stdout)["verdict"]
+    assert ("not distinguishable" in said) != distinguishable, said
+    assert said in out.stdout
