@@ -93,7 +93,7 @@ class Request:
     gpus_per_task: int | None = None
     cpus_per_task: int | None = None
     mem: str | None = None
-    time: str | None = None
+    time_limit: str | None = None
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -169,7 +169,7 @@ def batch_script(cfg: StudyConfig, study_file: Path, req: Request) -> str:
     ]
     for flag, value in (("gpus-per-task", req.gpus_per_task),
                         ("cpus-per-task", req.cpus_per_task), ("mem", req.mem),
-                        ("time", req.time), ("partition", req.partition),
+                        ("time", req.time_limit), ("partition", req.partition),
                         ("account", req.account), ("qos", req.qos)):
         if value is not None:
             options.append(f"--{flag}={value}")

@@ -115,6 +115,30 @@ def test_submit_refuses_sqlite_for_an_array_and_a_broken_study_writing_nothing(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml", "study.yaml"]
 
 
+def test_no_submit_writes_a_script_that_asks_for_what_was_given(tmp_path, demo_dir):
+    path = write_study(tmp_path, demo_dir, storage=f"journal:{tmp_path / 'j.log'}")
+    r = hpsearch("submit", str(path), "--slurm", "--no-submit", "--array", "4",
+                 "--gpus-per-task", "1", "--cpus-per-task", "8", "--mem", "32G", "--time",
+                 "4:00:00", "--partition", "gpu", "--account", "lab", "--qos", "high",
+                 "--sbatch-arg=--constraint=a100", "--grace", "300", "--fuse", "2",
+                 "--n-trials", "6")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "out" / "slurm" / "worker.sbatch"
+    assert f"sbatch {script}" in r.stdout
+    text = script.read_text()
+    heads = [line.removeprefix("#SBATCH ") for line in text.splitlines()
+             if line.startswith("#SBATCH ")]
+    assert heads[1:] == [
+        "--array=0-3", "--ntasks=1", f"--output={script.parent}/%A_%a.out",
+        "--open-mode=append", f"--chdir={REPO}", "--requeue", "--signal=B:TERM@300",
+        "--gpus-per-task=1", "--cpus-per-task=8", "--mem=32G", "--time=4:00:00",
+        "--partition=gpu", "--account=lab", "--qos=high", "--constraint=a100"]
+    assert f"-m hpsearch worker {path} --n-trials 6 --fuse 2 &" in text
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert not (script.parent / "jobs.json").exists()  # nothing was submitted
+    assert trials_of(path) == []  # the study exists, for the workers to join
+
+
 def test_a_requeued_task_comes_back_and_its_trial_ends_with_the_uninterrupted_f1(
         cluster, tmp_path, demo_dir):
     # One task, so SQLite may hold the study; one trial, interrupted twice.
