@@ -98,6 +98,10 @@ def _run_options(fn):
                      help="Pin workers to these GPUs (CUDA_VISIBLE_DEVICES), round robin."),
         click.option("--trials-per-gpu", type=click.IntRange(min=1), default=1,
                      show_default=True, help="Workers per GPU listed in --gpus (small models)."),
+        click.option("--gpus-per-trial", type=click.IntRange(min=1), default=None,
+                     metavar="G", help="GPUs that train one trial together (DDP, "
+                     "trainer.devices_per_trial): --gpus 0,1,2,3 --gpus-per-trial 2 runs two "
+                     "2-GPU trials at a time."),
         click.option("--fuse", type=click.IntRange(min=1, max=64), default=None, metavar="K",
                      help="Train K trials at a time as one batched model (trainer.fuse)."),
         click.option("--n-trials", type=click.IntRange(min=1), default=None, metavar="N",
@@ -112,9 +116,11 @@ def _run_options(fn):
 @_run_options
 @_errors
 def run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-        trials_per_gpu: int, fuse: int | None, n_trials: int | None) -> None:
+        trials_per_gpu: int, gpus_per_trial: int | None, fuse: int | None,
+        n_trials: int | None) -> None:
     """Run (or continue) the study until it has n_trials trials in total."""
-    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, fuse, n_trials, join=False)
+    _run(study_file, allow_changes, workers, gpus, trials_per_gpu, fuse, n_trials, join=False,
+         gpus_per_trial=gpus_per_trial)
 
 
 # After a crash users reach for `resume`; it is `run`, which always continues where it stopped.
@@ -129,18 +135,42 @@ main.add_command(resume)
 @_run_options
 @_errors
 def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-           trials_per_gpu: int, fuse: int | None, n_trials: int | None) -> None:
+           trials_per_gpu: int, gpus_per_trial: int | None, fuse: int | None,
+           n_trials: int | None) -> None:
     """Join a study that exists (from this or another machine) and run its trials."""
     _run(study_file, allow_changes, workers or (None if gpus else 1), gpus, trials_per_gpu,
-         fuse, n_trials, join=True)
+         fuse, n_trials, join=True, gpus_per_trial=gpus_per_trial)
+
+
+def _with_devices_per_trial(cfg, study_file: str, n: int, gpus: str | None):
+    """``--gpus-per-trial N``: the study's ``trainer.devices_per_trial``, checked like the
+    file's (a fused study refuses it in one line)."""
+    from pydantic import ValidationError
+
+    from hpsearch.config import StudyConfig
+    from hpsearch.config.loading import config_error, validation_problems
+
+    if gpus is None:
+        raise ConfigError("--gpus-per-trial needs --gpus (on a CPU, set "
+                          "trainer.devices_per_trial in the study file)")
+    data = cfg.model_dump(mode="json", exclude_unset=True)
+    data.setdefault("trainer", {})["devices_per_trial"] = n
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(f"{study_file}: --gpus-per-trial {n}",
+                           validation_problems(e)) from None
 
 
 def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
-         trials_per_gpu: int, fuse: int | None, n_trials: int | None, join: bool) -> None:
+         trials_per_gpu: int, fuse: int | None, n_trials: int | None, join: bool,
+         gpus_per_trial: int | None = None) -> None:
     from hpsearch import study as driver
     from hpsearch.storage import redact
 
     cfg = with_overrides(load_study(study_file), study_file, n_trials=n_trials, fuse=fuse)
+    if gpus_per_trial is not None:
+        cfg = _with_devices_per_trial(cfg, study_file, gpus_per_trial, gpus)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
@@ -148,6 +178,10 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
             raise ConfigError(f"--gpus {gpus!r}: expected GPU ids separated by commas, e.g. 0,1")
     elif trials_per_gpu != 1:
         raise ConfigError("--trials-per-gpu needs --gpus")
+    if gpu_list and len(gpu_list) % cfg.trainer.devices_per_trial:
+        raise ConfigError(f"--gpus {gpus}: {len(gpu_list)} GPU(s) do not split into trials of "
+                          f"{cfg.trainer.devices_per_trial} (trainer.devices_per_trial, "
+                          "--gpus-per-trial)")
     if gpu_list and cfg.trainer.device.startswith("cuda:"):
         raise ConfigError(f"{study_file}: trainer.device {cfg.trainer.device} with --gpus: each "
                           "worker sees only its own GPU; use device auto or cuda")
@@ -156,12 +190,15 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
     if pooled:
         from hpsearch.workers import gpu_slots
 
-        slots = gpu_slots(gpu_list or [], workers, trials_per_gpu)
+        slots = gpu_slots(gpu_list or [], workers, trials_per_gpu,
+                          cfg.trainer.devices_per_trial if gpu_list else 1)
     where = ""
     if slots:
         where = f", {len(slots)} worker(s)" + (f" on GPUs {','.join(gpu_list)}" if gpu_list else "")
     if cfg.trainer.fuse > 1:
         where += f", fused {cfg.trainer.fuse} at a time"
+    if cfg.trainer.devices_per_trial > 1:
+        where += f", {cfg.trainer.devices_per_trial} devices a trial"
     click.echo(f"study {cfg.name}: {cfg.n_trials} trials, backend {cfg.backend.name}, "
                f"pruner {cfg.pruner.name}, storage {redact(cfg.storage_url)}{where}")
 

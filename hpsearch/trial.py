@@ -386,6 +386,7 @@ def run_trial(
     """Train a claimed trial and record how it ended; a stop raises ``StudyInterrupted``."""
     from hpsearch import reporting
     from hpsearch.trainer import Interrupted, train
+    from hpsearch.trainer.loop import RankDied
 
     use_compile_cache(cfg)
     s = start_trial(study, trial, cfg)
@@ -398,7 +399,12 @@ def run_trial(
                 should_stop=stop, metric=cfg.metric, maximize=cfg.direction == "maximize",
             )
         except Interrupted as e:
+            # A stop request, or a rank of a multi-device trial that died without a word
+            # (RankDied): the trial is not at fault and resumes from its last checkpoint.
             interrupt(study, trial_id(trial))
+            if isinstance(e, RankDied):
+                raise StudyInterrupted(f"trial {trial.number}: {e}; run again to resume "
+                                       "it") from e
             raise StudyInterrupted(f"trial {trial.number} checkpointed; run again to resume") from e
         except Exception as e:
             outcome = record_end(study, s, cfg, error=e)

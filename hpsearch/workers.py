@@ -334,12 +334,17 @@ def _fused_round(cfg: StudyConfig, study: optuna.Study, prep, conn, state: dict,
 # ----------------------------------------------------------------------------- the pool
 
 
-def gpu_slots(gpus: Sequence[str], workers: int | None, trials_per_gpu: int) -> list[str | None]:
-    """Which GPU each worker sees: ``trials_per_gpu`` workers per listed GPU, round robin."""
+def gpu_slots(gpus: Sequence[str], workers: int | None, trials_per_gpu: int,
+              gpus_per_trial: int = 1) -> list[str | None]:
+    """Which GPUs each worker sees: the listed GPUs in groups of ``gpus_per_trial``
+    consecutive ones (one trial's devices, ``devices_per_trial``), ``trials_per_gpu`` workers
+    per group, round robin. ``0,1,2,3`` in pairs: two workers, ``0,1`` and ``2,3``."""
     if not gpus:
         return [None] * (workers or 1)
-    n = workers or len(gpus) * trials_per_gpu
-    return [gpus[i % len(gpus)] for i in range(n)]
+    groups = [",".join(gpus[i:i + gpus_per_trial])
+              for i in range(0, len(gpus) - gpus_per_trial + 1, gpus_per_trial)]
+    n = workers or len(groups) * trials_per_gpu
+    return [groups[i % len(groups)] for i in range(n)]
 
 
 def run_pool(

@@ -124,6 +124,9 @@ class StudyConfig(Strict):
                     f"so trials cannot be fused (trainer.fuse: {fuse}); use fuse: 1 to search it"
                 )
         t = self.trainer
+        if t.devices_per_trial > 1:
+            raise ValueError(f"trainer.devices_per_trial: fused trials (trainer.fuse: {fuse}) "
+                             "run on one device; use fuse: 1 with devices_per_trial")
         fixed = {"gradient_accumulation_steps": t.gradient_accumulation_steps > 1,
                  "gradient_checkpointing": t.gradient_checkpointing}
         for name, is_set in fixed.items():

@@ -128,6 +128,22 @@ class TrainerConfig(Strict):
         default=1, ge=1, le=64,
         description="trials trained as one batched model (horizontal fusion); 1 = one by one",
     )
+    devices_per_trial: int = Field(
+        default=1, ge=1, le=64,
+        description="processes (one a device: NCCL on CUDA, gloo on CPU) that train one trial "
+        "together under torch.distributed, started by hpsearch; each step's batch is split "
+        "across them and the batch stays the one-device batch, so results do not depend on N. "
+        "On CUDA the trial's N visible GPUs (--gpus-per-trial)",
+    )
+
+    @field_validator("devices_per_trial")
+    @classmethod
+    def _devices(cls, v: int, info: ValidationInfo) -> int:
+        device = info.data.get("device", "auto")
+        if v > 1 and device.startswith("cuda:"):
+            raise ValueError(f"device {device} names one GPU; with devices_per_trial: {v} "
+                             "rank r takes the r-th visible GPU: use device auto or cuda")
+        return v
 
     @field_validator("gradient_checkpointing")
     @classmethod
@@ -141,9 +157,10 @@ class TrainerConfig(Strict):
 #: Trainer fields that describe how a run is carried out, not what it computes: a checkpoint
 #: written under other values resumes all the same, and changing them is not a new study.
 #: Gradient checkpointing recomputes the same activations with the same RNG state: the same
-#: numbers, so it is one of them.
+#: numbers, so it is one of them. So is devices_per_trial: the global batch is the one-device
+#: batch, summed in another order (and a checkpoint resumes on any number of devices).
 RUN_ONLY = frozenset({"progress", "num_threads", "device", "fast_path", "buckets", "fuse",
-                      "monitor_every", "gradient_checkpointing"})
+                      "monitor_every", "gradient_checkpointing", "devices_per_trial"})
 
 #: Fields added after studies had been recorded: at their default they are left out of a
 #: study's fingerprint, so a study recorded before them resumes; set otherwise, they count.

@@ -7,7 +7,8 @@ order depends only on (seed, epoch), which is what lets a resumed trial find the
 stopped at without storing the order.
 
 With gradient accumulation, each batch is split into micro-batches (``micro_batches``) after it
-is cut: the budget stays the budget of one optimizer update.
+is cut: the budget stays the budget of one optimizer update. A trial on several devices splits
+each batch across them the same way (one share a rank), so the budget is the global batch's.
 
 The fast GPU path wants few distinct shapes instead (one CUDA graph per shape): it passes
 ``widths``, the bucket widths windows are padded to, and ``collate`` pads the rows of a short
@@ -107,6 +108,14 @@ def micro_batches(idx: np.ndarray, parts: int) -> list[np.ndarray]:
     if parts <= 1 or len(idx) <= 1:
         return [idx]
     return np.array_split(idx, min(parts, len(idx)))
+
+
+def labelled_counts(enc: Encoded) -> np.ndarray:
+    """Labelled tokens of each window: what a share of a batch's loss is weighted by, known
+    to every rank for the whole batch without collating the other ranks' shares."""
+    flags = (enc.labels != IGNORE).astype(np.int64)
+    sums = np.concatenate([[0], np.cumsum(flags)])
+    return sums[enc.offsets[1:]] - sums[enc.offsets[:-1]]
 
 
 def collate(

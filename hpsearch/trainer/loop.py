@@ -6,6 +6,10 @@ a killed trial loses at most one checkpoint interval. Everything that decides wh
 batch is (epoch, position in the epoch, RNG states) is in the checkpoint, so a resumed run
 computes exactly what the uninterrupted run would have.
 
+With ``devices_per_trial: N`` the same loop runs in N processes (distributed.py): each step's
+batch is split across them and their gradients summed, rank 0 evaluates on everyone's
+predictions, decides, and alone writes; the others follow its decisions step for step.
+
 ``train`` is the loop; ``_Training`` holds what it works with, set up once, and its methods are
 the stages: resume, step, evaluate (and maybe prune), checkpoint.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -33,8 +38,8 @@ import torch
 from hpsearch.config import TrainerConfig
 from hpsearch.config.trainer import RECORDED_IF_SET, RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
-from hpsearch.trainer import trial_dir
-from hpsearch.trainer.batching import bucket_of, make_batches, micro_batches
+from hpsearch.trainer import distributed, trial_dir
+from hpsearch.trainer.batching import bucket_of, labelled_counts, make_batches, micro_batches
 from hpsearch.trainer.evaluation import evaluate
 from hpsearch.trainer.fastpath import FellBack, Runner, make_plan, plan_batch
 from hpsearch.trainer.features import IGNORE
@@ -74,6 +79,11 @@ class TrialPrunedAt(Exception):
 
 class Interrupted(Exception):
     """A stop was requested; a checkpoint was written and the trial can be resumed."""
+
+
+class RankDied(Interrupted):
+    """Another rank of a multi-device trial died without a word (killed, lost): nothing is
+    wrong with the trial, so it resumes from its last checkpoint rather than failing."""
 
 
 @dataclass
@@ -126,19 +136,30 @@ def train(
     metric: str = "f1",
     maximize: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    group: distributed.Group | None = None,
 ) -> TrialResult:
-    """Train one trial. ``on_step(step, train_tokens)`` runs after every optimizer step."""
+    """Train one trial. ``on_step(step, train_tokens)`` runs after every optimizer step.
+
+    With ``devices_per_trial: N`` this process becomes rank 0 of N and starts the others;
+    they call ``train`` with their ``group``, and write and report nothing.
+    """
     from tqdm.auto import tqdm
 
     t_enter = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log, handler = trial_logger(out_dir)
+    own_group = group is None and cfg.devices_per_trial > 1
+    if group is None or group.leads:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log, handler = trial_logger(out_dir)
+    else:
+        log, handler = distributed.quiet_logger(), None
     try:
-        run = _Training(cfg, prep, out_dir, log, metric, maximize)
+        if own_group:
+            group = distributed.start(cfg, prep, out_dir, log, metric, maximize)
+        run = _Training(cfg, prep, out_dir, log, metric, maximize, group)
         resumed_from = run.resume(resume_from, reporter)
         st = run.st
         bar = tqdm(total=run.total, initial=st.step, desc=out_dir.name, leave=False,
-                   disable=None if cfg.progress else True, dynamic_ncols=True)
+                   disable=None if cfg.progress and run.writes else True, dynamic_ncols=True)
         try:
             # ---- compile and capture every bucket's shape before the first step
             run.model.train()
@@ -165,7 +186,8 @@ def train(
                     or last
                 due_ckpt = not last and (
                     due_eval or bool(cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0))
-                if due_eval or due_ckpt or last or st.step % run.sync_every == 0:
+                sync = due_eval or due_ckpt or last or st.step % run.sync_every == 0
+                if sync:
                     run.flush(window, bar)  # the steps' rows, read off the device at once
                     run.check_finite(lr)
 
@@ -177,7 +199,7 @@ def train(
                 # ---- checkpoint; a requested stop checkpoints and leaves
                 if due_ckpt:
                     run.checkpoint()
-                if should_stop():
+                if run.stop_requested(should_stop, sync):
                     run.flush(window, bar)
                     run.check_finite(lr)
                     run.checkpoint()
@@ -188,8 +210,19 @@ def train(
         st.train_seconds = time.perf_counter() - t_start
         return run.result(resumed_from)
     finally:
-        log.removeHandler(handler)
-        handler.close()
+        if own_group and group is not None:  # the other ranks end with us, however we leave
+            group.close(wait=told_the_others(sys.exc_info()[1]))
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def told_the_others(error: BaseException | None) -> bool:
+    """Whether the other ranks of a trial end as rank 0 does, having been told: the run ended,
+    was pruned or stopped on request. On any other way out they may be waiting for rank 0."""
+    if error is None or isinstance(error, TrialPrunedAt):
+        return True
+    return isinstance(error, Interrupted) and not isinstance(error, RankDied)
 
 
 def find_checkpoint(resume_from: Path | None, root: Path, st: TrainState
@@ -273,18 +306,26 @@ class _Training:
     """One trial's model, optimizer, batches and state, set up once; methods are the stages."""
 
     def __init__(self, cfg: TrainerConfig, prep: Prepared, out_dir: Path,
-                 log: logging.Logger, metric: str, maximize: bool):
+                 log: logging.Logger, metric: str, maximize: bool,
+                 group: distributed.Group | None = None):
         self.cfg, self.prep, self.out_dir, self.log = cfg, prep, out_dir, log
         self.metric, self.maximize = metric, maximize
+        # One of several ranks: only rank 0 writes, judges and reports (distributed.py).
+        self.group, self.writes = group, group is None or group.leads
         seed = cfg.seed or 0
         seed_everything(seed)
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        self.device = device = resolve_device(cfg.device)
+        threads = cfg.num_threads or (group.threads if group else None)
+        if threads:
+            torch.set_num_threads(threads)
+        distributed.computing()
+        self.device = device = group.device if group else resolve_device(cfg.device)
         self.amp = amp = resolve_precision(cfg.precision, device)
         if amp is not None and device.type == "cpu" and amp == torch.float16:
             raise TrialStopped("config", "precision fp16 needs a CUDA device")
         self.plan = plan = make_plan(cfg, device)
+        if group and plan.graphs:  # the same buckets and batches, without captured graphs
+            plan.graphs, plan.compiled = False, cfg.compile
+            plan.why += f"; no CUDA graphs on {group.world} devices"
         log.info("params %s", json.dumps(cfg.model_dump(mode="json")))
         log.info("device %s, autocast %s, %s%s", device, amp, plan.why,
                  ", torch.compile" if plan.compiled and not plan.graphs else "")
@@ -297,6 +338,9 @@ class _Training:
             checkpoint_layers(self.model)
             log.info("gradient checkpointing: layer activations recomputed in the backward")
         self.accumulation = cfg.gradient_accumulation_steps
+        # A rank's micro-batch holds a share of a global batch: the fast path pads it to that.
+        self.batch_cfg = cfg if group is None else cfg.model_copy(
+            update={"gradient_accumulation_steps": self.accumulation * group.world})
         if self.accumulation > 1:
             log.info("gradient accumulation: each update's batch in up to %d micro-batches",
                      self.accumulation)
@@ -308,8 +352,9 @@ class _Training:
         self.runner = Runner(self.model, plan, device, amp, self.scaler, log)
         self.pad_id = prep.tokenizer.pad_token_id or 0
 
-        # ---- every epoch's batches, decided by the seed alone
+        # ---- every epoch's batches, decided by the seed alone (the same on every rank)
         self.lengths = prep.train.lengths
+        self.labelled = labelled_counts(prep.train) if group else None
         self.epochs = [
             make_batches(self.lengths, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size,
                          seed=seed, epoch=e, widths=plan.widths)
@@ -345,11 +390,18 @@ class _Training:
         return bucket_of(int(self.lengths[idx].max()), self.plan.widths)
 
     def make_batch(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        return plan_batch(self.plan, self.prep.train, idx, self.pad_id, self.cfg)
+        return plan_batch(self.plan, self.prep.train, idx, self.pad_id, self.batch_cfg)
+
+    def parts(self, idx: np.ndarray) -> list[np.ndarray]:
+        """This process's forward passes of a batch: its rank's share, split for accumulation."""
+        if self.group is None:
+            return micro_batches(idx, self.accumulation)
+        share = self.group.share(idx)
+        return [p for p in micro_batches(share, self.accumulation) if len(p)]
 
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
         """Every forward pass of an epoch: its batches, each split for accumulation."""
-        return [m for idx in self.epochs[epoch] for m in micro_batches(idx, self.accumulation)]
+        return [m for idx in self.epochs[epoch] for m in self.parts(idx)]
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type != "cuda":
@@ -359,14 +411,28 @@ class _Training:
     # ----------------------------------------------------------------------------- stages
 
     def resume(self, resume_from: Path | None, reporter: Reporter | None) -> int | None:
-        """Load the newest good checkpoint (a predecessor's, else our own); its step or None."""
-        found = find_checkpoint(resume_from, self.ckpt_root, self.st)
+        """Load the newest good checkpoint (a predecessor's, else our own); its step or None.
+
+        Several ranks: rank 0 chooses, every rank reads the same checkpoint, and rank 0's
+        weights are then everyone's (they start equal even without one).
+        """
+        found = find_checkpoint(resume_from, self.ckpt_root, self.st) if self.writes else None
+        if self.group is not None:
+            path = self.group.broadcast(None if found is None else str(found.path))
+            if found is None and path is not None:
+                found = ckpt.Checkpoint(Path(path), ckpt.verify(Path(path)))
+        if found is not None:
+            ckpt.restore(found, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
+            if self.writes:
+                take_over(self.st, found, self.metrics, self.log, reporter)
+            else:
+                self.st.load(found.state)
+            self.checked = self.st.step
+        if self.group is not None:
+            self.group.sync_weights(self.model)
         if found is None:
             return None
-        ckpt.restore(found, model=self.model, optimizer=self.optimizer, scaler=self.scaler)
-        take_over(self.st, found, self.metrics, self.log, reporter)
-        self.checked = self.st.step
-        if found.path.parent != self.ckpt_root:  # adopt the old trial's checkpoint as our own
+        if self.writes and found.path.parent != self.ckpt_root:  # adopt the old trial's
             self.checkpoint()
             trial_dir.adopt_best(found.path.parent.parent, self.out_dir)
         return self.st.step
@@ -379,14 +445,18 @@ class _Training:
         lr = lr_at(st.step, cfg, self.total, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        monitored = self.monitor.due(st.step + 1)
+        monitored = self.writes and self.monitor.due(st.step + 1)
         # Hooks only on an eager forward: a compiled one would recompile for them.
         watch = monitored and self.runner.net is self.model and bool(self.monitor.layers)
-        parts = micro_batches(idx, self.accumulation)
+        parts = self.parts(idx)
+        # Several ranks: each weighs its share by the labelled tokens of the whole batch.
+        total = int(self.labelled[idx].sum()) if self.group else None
         try:
-            loss = self.forward_backward(parts, watch)
+            loss = self.forward_backward(parts, watch, total)
         except FellBack:  # the plain model took over: this update again, from its start
-            loss = self.forward_backward(parts, watch)
+            loss = self.forward_backward(parts, watch, total)
+        if self.group is not None:  # the whole batch's gradient and loss on every rank
+            loss = self.group.reduce_gradients(self.params, loss)
         self.nonfinite.logical_or_(~torch.isfinite(loss))
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -409,20 +479,23 @@ class _Training:
             st.batch = 0
         return lr, n_tokens
 
-    def forward_backward(self, parts: list[np.ndarray], watch: bool) -> torch.Tensor:
+    def forward_backward(self, parts: list[np.ndarray], watch: bool,
+                         total: int | None = None) -> torch.Tensor:
         """The gradient of the update's whole batch, in ``.grad``; its loss (detached).
 
         One part: the batch as it is. Several: each micro-batch's mean loss is weighted by its
         share of the labelled tokens, so the gradients add up to those of the mean over all of
         them, as one batch of those sentences would give; a micro-batch with no labelled token
         adds nothing and is skipped (its mean would be 0/0). The monitor watches the first
-        micro-batch's forward.
+        micro-batch's forward. ``total``: the labelled tokens of the global batch, of which
+        ``parts`` are one rank's share (the other ranks' gradients are added afterwards); a
+        rank may have no part at all, and then a zero loss and no gradient.
         """
         batches = [self.make_batch(p) for p in parts]
         weights: list[float | None] = [None]
-        if len(batches) > 1:
+        if len(batches) > 1 or total is not None:
             counts = [int((b["labels"] != IGNORE).sum()) for b in batches]
-            total = sum(counts)
+            total = sum(counts) if total is None else total
             if total:  # else every part is 0/0, as the whole batch would be: NaN is flagged
                 batches = [b for b, c in zip(batches, counts) if c]
                 counts = [c for c in counts if c]
@@ -437,7 +510,7 @@ class _Training:
             part = part if weight is None else part * weight
             loss = part if loss is None else loss + part
         self.runner.gather()
-        return loss
+        return loss if loss is not None else torch.zeros((), device=self.device)
 
     def check_finite(self, lr: float) -> None:
         st = self.st
@@ -451,7 +524,8 @@ class _Training:
         """Every step since the last flush as a metrics row: loss and lr always, the gradient
         norm where clipping computed it, the monitor's figures on its steps, the throughput
         of the window on the last row. One read off the device for all of them."""
-        if not self.pending:
+        if not self.pending or not self.writes:
+            self.pending = []
             return
         rows = steps_rows(self.pending, self.monitor)[0]
         self.pending = []
@@ -463,18 +537,44 @@ class _Training:
         self.metrics.write_rows(rows)
 
     def evaluate(self, reporter: Reporter | None) -> bool:
-        """Score on validation, keep the best weights, report; True to stop early."""
-        cfg, prep = self.cfg, self.prep
+        """Score on validation, keep the best weights, report; True to stop early.
+
+        Several ranks: each scores its share of the batches, rank 0 judges and tells the
+        others what follows (go on, stop early, pruned), so all stop at the same step.
+        """
+        cfg, prep, group = self.cfg, self.prep, self.group
         t0 = time.perf_counter()
         scores = evaluate(self.model, prep.val, prep.val_gold, prep.labels, device=self.device,
                           amp=self.amp, pad_id=self.pad_id, max_tokens=cfg.eval_batch_tokens,
-                          multiple=self.plan.multiple, mode=cfg.seqeval_mode)
+                          multiple=self.plan.multiple, mode=cfg.seqeval_mode, shard=group)
+        if not self.writes:
+            code, value = group.decide()
+            if code == distributed.PRUNED:
+                raise TrialPrunedAt(value, self.st.step)
+            return code == distributed.EARLY_STOP
         health = eval_health(time.perf_counter() - t0, len(prep.val_gold), self.device)
-        return judge(self.st, scores, cfg, self.metric, self.maximize, self.metrics, self.log,
-                     reporter, lambda: trial_dir.save_best(self.model.state_dict(),
-                                                           self.out_dir), health)
+        try:
+            stop = judge(self.st, scores, cfg, self.metric, self.maximize, self.metrics,
+                         self.log, reporter, lambda: trial_dir.save_best(self.model.state_dict(),
+                                                                         self.out_dir), health)
+        except TrialPrunedAt as e:
+            if group is not None:
+                group.decide(distributed.PRUNED, e.value)
+            raise
+        if group is not None:
+            group.decide(distributed.EARLY_STOP if stop else distributed.GO)
+        return stop
+
+    def stop_requested(self, should_stop: Callable[[], bool], sync: bool) -> bool:
+        """Whether to checkpoint and leave now. Several ranks: rank 0's request, heard by
+        all at the next sync point (one tiny broadcast there, none in between)."""
+        if self.group is None:
+            return should_stop()
+        return sync and self.group.agree(self.writes and should_stop())
 
     def checkpoint(self) -> None:
+        if not self.writes:
+            return
         try:
             ckpt.save(self.ckpt_root, model=self.model, optimizer=self.optimizer,
                       scaler=self.scaler, state=asdict(self.st))
@@ -489,7 +589,7 @@ class _Training:
                       st.best, st.best_step, st.train_tokens,
                       st.train_tokens / max(st.train_seconds, 1e-9))
         return TrialResult(
-            value=float(st.best),
+            value=float("nan") if st.best is None else float(st.best),  # rank 0 alone judges
             best_step=st.best_step,
             best_scores=st.best_scores,
             steps=st.step,
