@@ -142,6 +142,26 @@ def test_a_stop_checkpoints_both_ranks_and_the_checkpoint_resumes_on_one(demo_di
 
 
 @pytest.mark.slow
+def test_with_dropout_a_two_rank_trial_resumes_on_two_ranks_bit_for_bit(demo_dir, prep,
+                                                                        tmp_path):
+    """Each rank draws its own dropout masks; the checkpoint keeps every rank's RNG state."""
+    cfg = TrainerConfig(**{**TINY, "data_dir": str(demo_dir), "learning_rate": 3e-3,
+                           "eval_every": 4, "checkpoint_every": 5, "devices_per_trial": 2})
+    assert cfg.scratch.hidden_dropout_prob > 0
+    train(cfg, prep, tmp_path / "whole")
+    steps = iter(range(1000))
+    with pytest.raises(Interrupted):
+        train(cfg, prep, tmp_path / "t", should_stop=lambda: next(steps) >= 6)
+    assert train(cfg, prep, tmp_path / "t").resumed_from_step == 7
+
+    def numbers(folder: Path) -> dict:
+        return {k: (r.get("loss"), r.get("val_f1"), r.get("val_loss"))
+                for k, r in _rows(folder).items()}
+
+    assert numbers(tmp_path / "t") == numbers(tmp_path / "whole")
+
+
+@pytest.mark.slow
 def test_a_rank_that_fails_fails_the_trial_with_its_error(demo_dir, prep, tmp_path,
                                                           monkeypatch):
     step = loop._Training.step

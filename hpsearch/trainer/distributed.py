@@ -32,10 +32,12 @@ its continuation resumes from its last checkpoint, on any number of devices (a c
 the one-process format). Rank 0 ends whatever ranks are left, whatever the way out; a rank dies
 with rank 0 (PR_SET_PDEATHSIG) and ignores Ctrl-C and SIGTERM: stopping is rank 0's to decide.
 
-Ranks are forked (milliseconds, sharing the prepared data) unless CUDA is already initialised
-here or OpenMP may have started threads here that a forked child would then wait for forever
-(a forked child that computes on more than one thread after its parent did hangs in GNU
-OpenMP); then they are spawned (a fresh interpreter: seconds of imports).
+On CPU ranks are forked (milliseconds, sharing the prepared data) unless OpenMP may have
+started threads here that a forked child would wait for forever (a forked child that computes
+on more than one thread after its parent did hangs in GNU OpenMP). On CUDA, and in that case,
+they are spawned (a fresh interpreter: seconds of imports, small beside a GPU trial): merely
+asking whether CUDA is there (``torch.cuda.is_available``, the trial's provenance) initialises
+the driver, and a forked child could not use it.
 """
 
 from __future__ import annotations
@@ -245,6 +247,39 @@ class Group:
                               _describe_exit(proc.exitcode))
 
 
+def rng_state(device: torch.device) -> dict[str, str]:
+    """This rank's torch RNG states (its dropout masks come from them), as JSON text."""
+    out = {"cpu": torch.get_rng_state().numpy().tobytes().hex()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device).numpy().tobytes().hex()
+    return out
+
+
+def seed_rank(seed: int, group: Group, step: int) -> None:
+    """A rank above 0 draws its own dropout masks: seeded like rank 0 (the one-process run),
+    the ranks would drop the same units in their shares of a batch. Rank 0 keeps the seed."""
+    if group.rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, group.rank, step])
+                              .generate_state(1)[0]))
+
+
+def set_rng_state(saved: list[dict[str, str]] | None, group: Group, device: torch.device,
+                  seed: int, step: int) -> None:
+    """A rank above 0, resumed: its own RNG state from a checkpoint written by as many ranks
+    (the uninterrupted run's masks, bit for bit); else a stream of its own from the step on."""
+    if not saved or len(saved) != group.world:
+        seed_rank(seed, group, step)
+        return
+    mine = saved[group.rank]
+
+    def tensor(text: str) -> torch.Tensor:
+        return torch.frombuffer(bytearray(bytes.fromhex(text)), dtype=torch.uint8)
+
+    torch.set_rng_state(tensor(mine["cpu"]))
+    if device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(tensor(mine["cuda"]), device)
+
+
 class RankFailed(RuntimeError):
     """Another rank of the trial raised an error: the trial fails with it."""
 
@@ -302,8 +337,8 @@ def start(cfg, prep, out_dir: Path, log: logging.Logger, metric: str, maximize: 
     timeout = timeout_seconds()
     group = Group(0, world, backend, device, threads, timeout)
     group.log = log
-    forked = sys.platform.startswith("linux") and not torch.cuda.is_initialized() \
-        and (threads == 1 or not _computed)
+    forked = sys.platform.startswith("linux") and backend == "gloo" \
+        and not torch.cuda.is_initialized() and (threads == 1 or not _computed)
     ctx = mp.get_context("fork" if forked else "spawn")
     try:
         with _signals_held():

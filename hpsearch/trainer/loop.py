@@ -118,6 +118,8 @@ class TrainState:
     bad_evals: int = 0
     train_tokens: int = 0
     train_seconds: float = 0.0
+    # Several devices: each rank's torch RNG (its dropout masks), for a resume on as many.
+    rank_rng: list[dict[str, str]] | None = None
 
     def load(self, saved: dict[str, Any]) -> None:
         for f in fields(self):
@@ -314,6 +316,8 @@ class _Training:
         self.group, self.writes = group, group is None or group.leads
         seed = cfg.seed or 0
         seed_everything(seed)
+        if group is not None:
+            distributed.seed_rank(seed, group, 0)
         threads = cfg.num_threads or (group.threads if group else None)
         if threads:
             torch.set_num_threads(threads)
@@ -427,14 +431,17 @@ class _Training:
                 take_over(self.st, found, self.metrics, self.log, reporter)
             else:
                 self.st.load(found.state)
+                distributed.set_rng_state(self.st.rank_rng, self.group, self.device,
+                                          self.cfg.seed or 0, self.st.step)
             self.checked = self.st.step
         if self.group is not None:
             self.group.sync_weights(self.model)
         if found is None:
             return None
-        if self.writes and found.path.parent != self.ckpt_root:  # adopt the old trial's
+        if found.path.parent != self.ckpt_root:  # adopt the old trial's checkpoint as our own
             self.checkpoint()
-            trial_dir.adopt_best(found.path.parent.parent, self.out_dir)
+            if self.writes:
+                trial_dir.adopt_best(found.path.parent.parent, self.out_dir)
         return self.st.step
 
     def step(self) -> tuple[float, int]:
@@ -573,8 +580,11 @@ class _Training:
         return sync and self.group.agree(self.writes and should_stop())
 
     def checkpoint(self) -> None:
+        """Rank 0 writes; several ranks first send it their RNG states (every rank calls)."""
+        states = self.group.gather(distributed.rng_state(self.device)) if self.group else None
         if not self.writes:
             return
+        self.st.rank_rng = states
         try:
             ckpt.save(self.ckpt_root, model=self.model, optimizer=self.optimizer,
                       scaler=self.scaler, state=asdict(self.st))
