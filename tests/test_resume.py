@@ -53,8 +53,14 @@ def _assert_uninterrupted(path: Path, killed, cont) -> None:
     interrupted: every logged loss and every evaluation's F1, the final one and the best."""
     args = [a for k, v in cont.params.items() for a in ("--set", f"{k}={v!r}")]
     ref_dir = Path(cont.system_attrs["hpsearch:trial_dir"]).parent.parent / "ref"
-    r = hpsearch("train", str(path), *args, "--out", str(ref_dir))
-    assert r.returncode == 0, r.stderr
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+
+    # In this process: the reference needs no fresh interpreter, only the same trainer.
+    r = CliRunner().invoke(main, ["train", str(path), *args, "--out", str(ref_dir)],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
     ref = _rows(ref_dir)
     first = _rows(Path(killed.system_attrs["hpsearch:trial_dir"]))
     then = _rows(Path(cont.system_attrs["hpsearch:trial_dir"]))
