@@ -48,6 +48,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.attrs import A_GPU, A_PID, A_REASON, CRASHED, DISK_FULL, INTERRUPTED, work_left
+from hpsearch.children import die_with_parent
 from hpsearch.config import StudyConfig
 from hpsearch.errors import DiskFull, StudyInterrupted
 from hpsearch.export import tidy
@@ -76,17 +77,6 @@ def _context() -> mp.context.BaseContext:
     if torch is not None and torch.cuda.is_initialized():
         return mp.get_context("spawn")  # a forked child cannot use CUDA its parent started
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to kill us when our parent dies (Linux); elsewhere check once."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request was in place
-        os._exit(1)
 
 
 def _tell(pid: int | None, sig: int) -> None:
@@ -155,7 +145,7 @@ def preload(cfg: StudyConfig) -> None:
 
 def _trial_process(cfg: StudyConfig, tid: int, prep, conn, parent: int) -> None:
     """The child that trains one trial and reports it; everything it allocates dies with it."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers
     study = open_study(cfg)
@@ -201,7 +191,7 @@ def _after_exit(study: optuna.Study, trial: optuna.Trial, exitcode: int | None,
 def _worker(cfg: StudyConfig, index: int, gpu: str | None, conn, prep, deadline: float | None,
             parent: int) -> None:
     """Claim, run in a child, report; until the study needs nothing more from anyone."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     os.setpgid(0, 0)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
@@ -285,7 +275,7 @@ def _start_child(ctx, state: dict, target, name: str, *args):
 def _fused_process(cfg: StudyConfig, prep, worker: str, deadline: float | None, conn,
                    parent: int) -> None:
     """The child that trains fused arrays until the study needs no more; reports each trial."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)  # not the worker's handlers
     study = open_study(cfg)

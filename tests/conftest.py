@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,13 @@ def trials_of(study, states=None, *, env: dict | None = None) -> list[optuna.tri
             cfg = load_study(study)
     storage = open_storage(cfg.storage_url, heartbeat=False)
     return optuna.load_study(study_name=cfg.name, storage=storage).get_trials(states=states)
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (for a server to take, or to find closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def spawn_hpsearch(*args: str, env: dict | None = None) -> subprocess.Popen:

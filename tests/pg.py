@@ -14,13 +14,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from conftest import free_port
 
 USER, PASSWORD, DATABASE = "hp", "pg-test-s3cret", "hpsearch"
 
@@ -44,12 +45,6 @@ def find_bindir() -> Path | None:
                 return bindir
     exe = shutil.which("initdb")
     return Path(exe).parent if exe else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -140,7 +135,7 @@ def start_server() -> Server:
         as_user = "postgres"
     # Not under pytest's tmp folder: that one is private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="hpsearch-pg-"))
-    server = Server(bindir, root, _free_port(), as_user)
+    server = Server(bindir, root, free_port(), as_user)
     server._own(root)
     try:
         server.start()

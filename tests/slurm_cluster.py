@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import free_port
+
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel",
             "munged", "munge", "unmunge")
 #: States after which a task's processes are gone for good.
@@ -36,12 +38,6 @@ class Unavailable(RuntimeError):
 def _exe(name: str) -> str | None:
     """A daemon's path: /usr/sbin is not on every PATH, even root's."""
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -205,7 +201,7 @@ def _start(cluster: Cluster) -> None:
             raise RuntimeError("munged did not start: " + cred.stderr.decode(errors="replace"))
         time.sleep(0.1)
 
-    cluster.conf.write_text(_config(root, _free_port(), _free_port()))
+    cluster.conf.write_text(_config(root, free_port(), free_port()))
     env = {**os.environ, **cluster.env}
     # -D: in the foreground, our children; -i: no state from an earlier run.
     cluster.procs["slurmctld"] = subprocess.Popen([_exe("slurmctld"), "-D", "-i", "-f",

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, spawn_hpsearch, write_study
+from conftest import REPO, free_port, spawn_hpsearch, write_study
 from views_helpers import make_synthetic_study, views_settings
 
 sys.path.insert(0, str(REPO / "tests" / "faults"))
@@ -63,12 +63,6 @@ def test_plot_png_writes_every_figure_from_the_command_line(tmp_path):
     assert all((tmp_path / "png" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _other_address() -> str | None:
     """An address of this machine that is not loopback, if it has one."""
     try:
@@ -83,7 +77,7 @@ def _other_address() -> str | None:
 @pytest.mark.slow
 def test_dashboard_serves_the_study_on_loopback_only(tmp_path):
     study = _views_study(tmp_path)
-    port = _free_port()
+    port = free_port()
     proc = spawn_hpsearch("dashboard", str(study), "--port", str(port))
     try:
         deadline = time.time() + 60

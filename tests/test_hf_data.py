@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, TINY, hpsearch, study_config, write_study
+from conftest import SHARED_DATA, TINY, free_port, hpsearch, study_config, write_study
 
 datasets = pytest.importorskip("datasets")
 
@@ -147,17 +146,11 @@ def test_a_saved_conll_slice_trains_to_the_same_f1_as_the_same_sentences_as_file
     assert (a.value, a.history) == (b.value, b.history)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("offline", [False, True])
 def test_a_hub_dataset_without_the_hub_fails_in_seconds_in_one_line(tmp_path, offline):
     path = write_study(tmp_path, "no-such-org/no-such-data", trainer={"data_format": "hf"})
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "hf")}
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     t0 = time.perf_counter()

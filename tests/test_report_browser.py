@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import write_study
+from conftest import free_port, write_study
 from views_helpers import make_synthetic_study, views_settings
 
 from hpsearch.plots import write_report
@@ -247,12 +246,6 @@ def test_checks_notice_a_broken_page(tmp_path):
 # ----------------------------------------------------------------------------- dashboard
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.status, r.read().decode("utf-8", "replace")
@@ -264,7 +257,7 @@ def test_dashboard_serves_the_study(tmp_path):
     study_file = write_study(tmp_path, file="dash-study.yaml",
                              **views_settings(tmp_path, name="dash-study"))
     make_synthetic_study(tmp_path, 5, name="dash-study")
-    port = _free_port()
+    port = free_port()
     code = ("import sys; from hpsearch.config import load_study; "
             "from hpsearch.dashboard import serve_dashboard; "
             "serve_dashboard(load_study(sys.argv[1]), port=int(sys.argv[2]))")
@@ -303,4 +296,4 @@ def test_dashboard_missing_package_is_one_clear_line(tmp_path, monkeypatch):
     cfg, _ = make_synthetic_study(tmp_path, 1)
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import now fails
     with pytest.raises(dashboard.DashboardUnavailable, match="pip install optuna-dashboard"):
-        dashboard.serve_dashboard(cfg, port=_free_port())
+        dashboard.serve_dashboard(cfg, port=free_port())

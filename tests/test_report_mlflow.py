@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,21 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import spawn_hpsearch, study_config, trials_of, write_study
+from conftest import free_port, spawn_hpsearch, study_config, trials_of, write_study
 from optuna.trial import TrialState
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
     """A real tracking server: SQLite backend, artifacts proxied to a folder."""
 
     def __init__(self, root: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(root / "server.log", "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(

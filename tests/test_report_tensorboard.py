@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import spawn_hpsearch, study_dict, trials_of, write_study
+from conftest import free_port, spawn_hpsearch, study_dict, trials_of, write_study
 
 from hpsearch.cli import main
 from hpsearch.config import ConfigError, load_study, parse_study, study_fingerprint
 from hpsearch.trainer.checkpoint import list_checkpoints
 
-# Slow enough to be caught mid-trial: ~40 optimizer steps, each logged, a checkpoint every 5.
-SLOW = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 5,
+# Slow enough to be caught mid-trial: ~50 optimizer steps, each logged, a checkpoint every 10
+# (eight steps after each for the test to see TensorBoard ahead of the newest checkpoint).
+SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 10,
         "eval_every": 10}
 
 
@@ -210,16 +210,10 @@ def test_the_hparams_summary_lists_each_trials_parameters_state_and_value(resume
         assert acc.Scalars("hparams/f1")[-1].value == pytest.approx(trial.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_hpsearch_tensorboard_serves_the_study_on_this_machine(resumed):
     path, _, _ = resumed
-    port = _free_port()
+    port = free_port()
     proc = spawn_hpsearch("tensorboard", str(path), "--port", str(port))
     try:
         deadline, runs = time.time() + 120, None

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hpsearch.children import die_with_parent
 from hpsearch.trainer.batching import micro_batches
 
 TIMEOUT_ENV = "HPSEARCH_DDP_TIMEOUT"
@@ -404,7 +405,7 @@ def _rank_main(cfg, prep, out_dir: Path, metric: str, maximize: bool, rank: int,
                backend: str, threads: int, timeout: float, conn: Connection,
                parent: int) -> None:
     """A rank other than 0: join the group, train, say how it ended."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # rank 0 decides when to stop, and tells us
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # held since the start
@@ -463,17 +464,6 @@ def quiet_logger() -> logging.Logger:
 
 
 # ----------------------------------------------------------------------------- processes
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to kill us when rank 0 dies (Linux), as workers.py does for trials."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # it died before the request was in place
-        os._exit(1)
 
 
 @contextlib.contextmanager

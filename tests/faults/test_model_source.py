@@ -3,17 +3,10 @@ without the hub (unreachable, or HF_HUB_OFFLINE) it says so in seconds, not afte
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
-from conftest import hpsearch, write_study
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, hpsearch, write_study
 
 
 @pytest.mark.slow
@@ -21,7 +14,7 @@ def _closed_port() -> int:
 def test_an_unknown_hub_model_without_the_hub_fails_in_seconds_in_one_line(
         tmp_path, demo_dir, offline):
     path = write_study(tmp_path, demo_dir, trainer={"model": "no-such-org/no-such-model"})
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path / "hf")}
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     t0 = time.perf_counter()
