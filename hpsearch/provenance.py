@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.config import StudyConfig
+from hpsearch.trainer.data import fingerprint_files, stream_hash
 
 #: Files of a model folder that decide what ``from_pretrained`` builds: the config, the
 #: weights, and the tokenizer (another vocabulary under the same name changes every feature).
@@ -38,7 +39,6 @@ MODEL_FILES = ("config.json", "*.safetensors", "*.bin", "tokenizer.json", "token
 LIBRARIES = (("torch", "torch"), ("transformers", "transformers"), ("optuna", "optuna"),
              ("bayes_opt", "bayesian-optimization"), ("seqeval", "seqeval"))
 
-_CHUNK = 1 << 20
 _INPUTS: dict[tuple, dict[str, Any]] = {}
 _SOFTWARE: dict[str, Any] = {}
 _DEVICE: dict[str, dict[str, Any]] = {}
@@ -47,18 +47,6 @@ _FILE_CACHE: dict[str, list] = {}
 
 
 # ----------------------------------------------------------------------------- hashing
-
-
-def _stream_hash(path: Path, *more: Any) -> str:
-    """The file's sha256, read in chunks so a 400 MB weights file never sits in memory whole;
-    ``more`` hashers are fed the same bytes (one read serves the data's overall fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            for m in more:
-                m.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def cached_file_hash(path: Path, cache_file: Path | None = None) -> str:
@@ -76,7 +64,7 @@ def cached_file_hash(path: Path, cache_file: Path | None = None) -> str:
     hit = _FILE_CACHE.get(key)
     if hit is not None and list(hit[:3]) == stamp:
         return hit[3]
-    digest = _stream_hash(path)
+    digest = stream_hash(path)
     _FILE_CACHE[key] = [*stamp, digest]
     if cache_file is not None:
         _write_cache(cache_file)
@@ -112,9 +100,9 @@ def data_files(cfg: StudyConfig) -> tuple[Path, list[Path]]:
     root = data_dir(cfg)
     try:
         # Found without parsing them: a process that finds the features cache never parses.
-        from hpsearch.trainer.inputs import _data_files
+        from hpsearch.trainer.inputs import data_files as files_of
 
-        return root, list(_data_files(root, cfg.trainer.data_format, ("train", "val")))
+        return root, list(files_of(root, cfg.trainer.data_format, ("train", "val")))
     except (ImportError, ValueError):  # a hub dataset: its files are those loading it reads
         from hpsearch.trainer.data import read_data
 
@@ -131,12 +119,9 @@ def data_fingerprint(cfg: StudyConfig) -> dict[str, Any]:
     so a trial's fingerprint is also the data part of its features cache key.
     """
     root, files = data_files(cfg)
-    total = hashlib.sha256()
-    per: dict[str, str] = {}
-    for f in sorted(files):
-        total.update(f.name.encode())
-        per[_name(f, root)] = _stream_hash(f, total)
-    return {"fingerprint": total.hexdigest()[:16], "files": per}
+    own: dict[Path, str] = {}
+    total = fingerprint_files(files, own)
+    return {"fingerprint": total, "files": {_name(f, root): h for f, h in own.items()}}
 
 
 def model_hash(cfg: StudyConfig) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def test_changed_weights_in_a_model_folder_are_refused_and_hashed_once(tmp_path,
                                                                        "model.safetensors"}
 
     hashed = []
-    real = provenance._stream_hash
-    monkeypatch.setattr(provenance, "_stream_hash", lambda p, *m: hashed.append(p.name)
+    real = provenance.stream_hash
+    monkeypatch.setattr(provenance, "stream_hash", lambda p, *m: hashed.append(p.name)
                         or real(p, *m))
     monkeypatch.setattr(provenance, "_FILE_CACHE", {})  # as a new process: the disk cache serves
     assert provenance.model_hash(cfg)["hash"] == first["hash"]

@@ -45,11 +45,35 @@ class NerData:
 
     def fingerprint(self) -> str:
         """A content hash of every file read, so caches follow the data, not its path."""
-        h = hashlib.sha256()
-        for f in sorted(self.files):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-        return h.hexdigest()[:16]
+        return fingerprint_files(self.files)
+
+
+_CHUNK = 1 << 20
+
+
+def stream_hash(path: Path, *more) -> str:
+    """The file's sha256, read in chunks so a 400 MB file never sits in memory whole; ``more``
+    hashers are fed the same bytes (one read serves a data set's overall fingerprint too)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            for m in more:
+                m.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint_files(files, per_file: dict[Path, str] | None = None) -> str:
+    """The content hash of a data set's files (each name and its bytes, in path order): the
+    key of its caches and the fingerprint on its trials. ``per_file`` gets each file's own
+    hash from the same read."""
+    total = hashlib.sha256()
+    for f in sorted(files):
+        total.update(f.name.encode())
+        own = stream_hash(f, total)
+        if per_file is not None:
+            per_file[f] = own
+    return total.hexdigest()[:16]
 
 
 def detect_format(data_dir: Path) -> str:

@@ -119,12 +119,12 @@ def prepare(
 def _stamp(cfg: TrainerConfig, data_dir: Path, eval_split: str) -> tuple | None:
     try:
         return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(
-            _data_files(data_dir, cfg.data_format, ("train", eval_split))))
+            data_files(data_dir, cfg.data_format, ("train", eval_split))))
     except (OSError, ValueError):
         return None
 
 
-def _data_files(data_dir: Path, fmt: str, splits: tuple[str, ...]) -> list[Path]:
+def data_files(data_dir: Path, fmt: str, splits: tuple[str, ...]) -> list[Path]:
     """The files ``read_data`` would read, found without parsing them."""
     fmt = detect_format(data_dir) if fmt == "auto" else fmt
     if fmt == "hf":
@@ -147,7 +147,7 @@ def _manifest_path(cfg: TrainerConfig, data_dir: Path, cache_dir: Path | None,
     settings = ("manifest-1",) + _memo_key(cfg, data_dir, eval_split)[1:]  # not the path
     h = hashlib.sha256(repr(settings).encode())
     try:
-        for f in sorted(_data_files(data_dir, cfg.data_format, ("train", eval_split))):
+        for f in sorted(data_files(data_dir, cfg.data_format, ("train", eval_split))):
             h.update(f.name.encode())
             h.update(f.read_bytes())
     except (OSError, ValueError):
