@@ -37,6 +37,29 @@ TINY = {
 }
 
 
+#: Dropout off: two runs of one trial (one process and two ranks, one batch and its
+#: micro-batches) then compute the same numbers, up to the order of float additions.
+NO_DROPOUT = {"dropout": 0.0, "scratch": {**TINY["scratch"], "attention_probs_dropout_prob": 0.0,
+                                          "hidden_dropout_prob": 0.0}}
+
+
+def exact_trainer(data_dir, **over):
+    """TINY without dropout, evaluating every 4 steps: a trial whose every loss and F1 another
+    way of running it must reproduce."""
+    from hpsearch.config import TrainerConfig
+
+    return TrainerConfig(**{**TINY, **NO_DROPOUT, "data_dir": str(data_dir),
+                            "learning_rate": 3e-3, "eval_every": 4, **over})
+
+
+@pytest.fixture(scope="module")
+def exact_prep(demo_dir, tmp_path_factory):
+    """exact_trainer's data, tokenised once per test module."""
+    from hpsearch.trainer import prepare
+
+    return prepare(exact_trainer(demo_dir), demo_dir, tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(autouse=True)
 def _own_compile_cache(monkeypatch):
     """A study points inductor's cache at its own folder for the rest of the process; in a test

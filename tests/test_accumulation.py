@@ -16,26 +16,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, hpsearch, study_config, trials_of, write_study
+from conftest import (
+    exact_trainer,
+    hpsearch,
+    study_config,
+    trials_of,
+    write_study,
+)
 
-from hpsearch.config import TrainerConfig, load_study
+from hpsearch.config import load_study
 from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.errors import ConfigError
-from hpsearch.trainer import Interrupted, fastpath, loop, prepare, train
+from hpsearch.trainer import Interrupted, fastpath, loop, train
 from hpsearch.trainer.batching import collate
 from hpsearch.trainer.loop import same_settings
 
-NO_DROPOUT = {"dropout": 0.0, "scratch": {**TINY["scratch"], "attention_probs_dropout_prob": 0.0}}
-
-
-def _cfg(demo_dir: Path, **over) -> TrainerConfig:
-    return TrainerConfig(**{**TINY, **NO_DROPOUT, "data_dir": str(demo_dir),
-                            "learning_rate": 3e-3, "eval_every": 4, **over})
-
 
 @pytest.fixture(scope="module")
-def prep(demo_dir, tmp_path_factory):
-    return prepare(_cfg(demo_dir), demo_dir, tmp_path_factory.mktemp("cache"))
+def prep(exact_prep):
+    return exact_prep
 
 
 def _rows(folder: Path) -> list[dict]:
@@ -78,9 +77,10 @@ def _assert_same_curves(a: Path, b: Path) -> None:
 def test_four_micro_batches_train_what_one_batch_does(demo_dir, prep, tmp_path, monkeypatch,
                                                       over):
     shapes = _forwards(monkeypatch)
-    whole = train(_cfg(demo_dir, **over), prep, tmp_path / "a1")
+    whole = train(exact_trainer(demo_dir, **over), prep, tmp_path / "a1")
     whole_shapes, shapes[:] = list(shapes), []
-    split = train(_cfg(demo_dir, gradient_accumulation_steps=4, **over), prep, tmp_path / "a4")
+    split = train(exact_trainer(demo_dir, gradient_accumulation_steps=4, **over), prep,
+                  tmp_path / "a4")
 
     assert split.steps == whole.steps and split.train_tokens == whole.train_tokens
     _assert_same_curves(tmp_path / "a1", tmp_path / "a4")
@@ -97,7 +97,7 @@ def test_gradients_set_aside_between_micro_batches_add_up(demo_dir, prep, tmp_pa
                                                           monkeypatch):
     """The CUDA-graph path sums micro-batch gradients outside the graphs' memory; run that
     code on the CPU and it must give the same update as autograd's own accumulation."""
-    cfg = _cfg(demo_dir, gradient_accumulation_steps=4, max_epochs=1)
+    cfg = exact_trainer(demo_dir, gradient_accumulation_steps=4, max_epochs=1)
     train(cfg, prep, tmp_path / "own")
     monkeypatch.setattr(fastpath.Runner, "grads_borrowed", lambda self: True)
     train(cfg, prep, tmp_path / "aside")
@@ -105,7 +105,7 @@ def test_gradients_set_aside_between_micro_batches_add_up(demo_dir, prep, tmp_pa
 
 
 def test_resumed_mid_run_with_accumulation_is_the_uninterrupted_run(demo_dir, prep, tmp_path):
-    cfg = _cfg(demo_dir, gradient_accumulation_steps=3, checkpoint_every=5)
+    cfg = exact_trainer(demo_dir, gradient_accumulation_steps=3, checkpoint_every=5)
     whole = train(cfg, prep, tmp_path / "whole")
     steps = iter(range(1000))
     with pytest.raises(Interrupted):
@@ -132,7 +132,7 @@ def test_gradient_checkpointing_recomputes_and_trains_the_same(demo_dir, prep, t
         return model
 
     monkeypatch.setattr(loop, "build_model", counted)
-    cfg = _cfg(demo_dir, max_epochs=1, dropout=0.1)
+    cfg = exact_trainer(demo_dir, max_epochs=1, dropout=0.1)
     plain = train(cfg, prep, tmp_path / "plain")
     ckpt = train(cfg.model_copy(update={"gradient_checkpointing": True}), prep, tmp_path / "gc")
     assert _curves(tmp_path / "plain") == _curves(tmp_path / "gc")
@@ -162,7 +162,7 @@ def test_fields_at_their_default_leave_old_studies_and_checkpoints_alone(demo_di
     base = study_fingerprint(study_config(tmp_path, demo_dir))
     assert "gradient_accumulation_steps" not in base["trainer"]
     assert "gradient_checkpointing" in RUN_ONLY  # the same numbers: a way to run, not a setting
-    now = _cfg(demo_dir).model_dump(mode="json", exclude=set(RUN_ONLY))
+    now = exact_trainer(demo_dir).model_dump(mode="json", exclude=set(RUN_ONLY))
     older = {k: v for k, v in now.items() if k != "gradient_accumulation_steps"}
     assert same_settings(older, now)
     assert not same_settings(older, {**now, "gradient_accumulation_steps": 2})

@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, hpsearch, spawn_hpsearch, study_config, trials_of, write_study
+from conftest import (
+    NO_DROPOUT,
+    TINY,
+    exact_trainer,
+    hpsearch,
+    spawn_hpsearch,
+    study_config,
+    trials_of,
+    write_study,
+)
 from optuna.trial import TrialState
 
 from hpsearch import study as driver
@@ -27,19 +36,14 @@ from hpsearch.trainer import Interrupted, fastpath, loop, prepare, train
 from hpsearch.trainer.checkpoint import list_checkpoints
 from hpsearch.workers import gpu_slots
 
-NO_DROPOUT = {"dropout": 0.0, "scratch": {**TINY["scratch"], "attention_probs_dropout_prob": 0.0,
-                                          "hidden_dropout_prob": 0.0}}
 GOOD = {"learning_rate": 5e-3, "weight_decay": 1e-3}
 
 
-def _cfg(demo_dir: Path, **over) -> TrainerConfig:
-    return TrainerConfig(**{**TINY, **NO_DROPOUT, "data_dir": str(demo_dir),
-                            "learning_rate": 3e-3, "eval_every": 4, **over})
 
 
 @pytest.fixture(scope="module")
-def prep(demo_dir, tmp_path_factory):
-    return prepare(_cfg(demo_dir), demo_dir, tmp_path_factory.mktemp("cache"))
+def prep(exact_prep):
+    return exact_prep
 
 
 def _rows(folder: Path) -> dict[tuple[int, bool], dict]:
@@ -93,7 +97,7 @@ def test_devices_per_trial_is_a_way_to_run_not_a_setting(demo_dir, tmp_path):
     two = study_fingerprint(study_config(tmp_path, demo_dir, trainer={"devices_per_trial": 2}))
     assert one == two
     with pytest.raises(ValueError, match="rank r takes the r-th visible GPU"):
-        _cfg(demo_dir, device="cuda:1", devices_per_trial=2)
+        exact_trainer(demo_dir, device="cuda:1", devices_per_trial=2)
 
 
 # ----------------------------------------------------------------------------- slow
@@ -111,9 +115,9 @@ def test_two_ranks_train_what_one_process_does(demo_dir, prep, tmp_path, monkeyp
         return inner(self, batch, *args, **kw)
 
     monkeypatch.setattr(fastpath.Runner, "forward_backward", spy)
-    one = train(_cfg(demo_dir, **over), prep, tmp_path / "one")
+    one = train(exact_trainer(demo_dir, **over), prep, tmp_path / "one")
     rows_one, rows_run[:] = sum(rows_run), []
-    two = train(_cfg(demo_dir, devices_per_trial=2, **over), prep, tmp_path / "two")
+    two = train(exact_trainer(demo_dir, devices_per_trial=2, **over), prep, tmp_path / "two")
 
     assert (two.steps, two.train_tokens, two.value) == (one.steps, one.train_tokens, one.value)
     _assert_same_run(_rows(tmp_path / "two"), _rows(tmp_path / "one"))
@@ -128,7 +132,7 @@ def test_two_ranks_train_what_one_process_does(demo_dir, prep, tmp_path, monkeyp
 @pytest.mark.slow
 def test_a_stop_checkpoints_both_ranks_and_the_checkpoint_resumes_on_one(demo_dir, prep,
                                                                          tmp_path):
-    cfg = _cfg(demo_dir, checkpoint_every=5)
+    cfg = exact_trainer(demo_dir, checkpoint_every=5)
     whole = train(cfg, prep, tmp_path / "whole")
     steps = iter(range(1000))
     with pytest.raises(Interrupted):
@@ -174,7 +178,7 @@ def test_a_rank_that_fails_fails_the_trial_with_its_error(demo_dir, prep, tmp_pa
     monkeypatch.setattr(loop._Training, "step", out_of_memory_on_rank_1)  # forked into rank 1
     t0 = time.monotonic()
     with pytest.raises(torch.OutOfMemoryError, match="rank 1: OutOfMemoryError"):
-        train(_cfg(demo_dir, devices_per_trial=2), prep, tmp_path / "t")
+        train(exact_trainer(demo_dir, devices_per_trial=2), prep, tmp_path / "t")
     assert time.monotonic() - t0 < 30
 
 
