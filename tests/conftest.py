@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -133,6 +134,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_no_hub_fails_fast(path: Path, tmp_path: Path, offline: bool, name: str) -> None:
+    """`hpsearch run` of a study naming ``name`` on the hub, with the hub closed (a port nothing
+    listens on) or switched off (HF_HUB_OFFLINE): one line naming it and why, exit 2, under
+    10 s, and nothing written."""
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    t0 = time.perf_counter()
+    r = hpsearch("run", str(path), env=env)
+    assert time.perf_counter() - t0 < 10
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert name in line
+    assert ("HF_HUB_OFFLINE" if offline else "cannot be reached") in line
+    assert not (tmp_path / "out").exists()  # no study.db, no folder
 
 
 def spawn_hpsearch(*args: str, env: dict | None = None) -> subprocess.Popen:

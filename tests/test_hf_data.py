@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, TINY, free_port, hpsearch, study_config, write_study
+from conftest import (
+    SHARED_DATA,
+    TINY,
+    assert_no_hub_fails_fast,
+    study_config,
+    write_study,
+)
 
 datasets = pytest.importorskip("datasets")
 
@@ -150,17 +155,7 @@ def test_a_saved_conll_slice_trains_to_the_same_f1_as_the_same_sentences_as_file
 @pytest.mark.parametrize("offline", [False, True])
 def test_a_hub_dataset_without_the_hub_fails_in_seconds_in_one_line(tmp_path, offline):
     path = write_study(tmp_path, "no-such-org/no-such-data", trainer={"data_format": "hf"})
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
-    if offline:
-        env["HF_HUB_OFFLINE"] = "1"
-    t0 = time.perf_counter()
-    r = hpsearch("run", str(path), env=env)
-    assert time.perf_counter() - t0 < 10
-    assert r.returncode == 2, r.stderr
-    (line,) = r.stderr.strip().splitlines()
-    assert "no-such-org/no-such-data" in line
-    assert ("HF_HUB_OFFLINE" if offline else "cannot be reached") in line
-    assert not (tmp_path / "out").exists()  # no study.db, no folder
+    assert_no_hub_fails_fast(path, tmp_path, offline, "no-such-org/no-such-data")
 
 
 def test_the_test_split_is_read_by_its_name(tmp_path):
