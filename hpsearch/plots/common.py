@@ -114,3 +114,12 @@ def log_ticks(lo: float, hi: float) -> dict:
 def best_of(done: list[FrozenTrial], cfg: StudyConfig) -> FrozenTrial:
     pick = max if cfg.direction == "maximize" else min
     return pick(done, key=lambda t: t.value)
+
+
+def fmt_value(v: Any) -> str:
+    """A parameter's value as the report prints it: four significant digits for a float."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {fmt_value(v)}" for k, v in params.items())

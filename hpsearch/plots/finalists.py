@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.config import StudyConfig
 from hpsearch.confirm import Finalist, standings, verdict
-from hpsearch.plots.common import titled
+from hpsearch.plots.common import params_text, titled
 
 
 def finalists_figure(table: list[Finalist], cfg: StudyConfig) -> go.Figure | None:
@@ -49,7 +49,7 @@ def finalists_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
         return '<p class="note">The finalists are chosen once the search is over.</p>'
     rows = "".join(
         f"<tr><td>{'winner' if i == 0 else i + 1}</td><td>#{f.trial.number}</td>"
-        f"<td>{html.escape(', '.join(f'{k} = {v:.3g}' if isinstance(v, float) else f'{k} = {v}' for k, v in f.trial.params.items()))}</td>"  # noqa: E501
+        f"<td>{html.escape(params_text(f.trial.params))}</td>"
         f"<td>{f.mean:.4f} ± {f.std:.4f}</td>"
         f"<td>{html.escape(', '.join(f'{v:.4f}' for v in f.values))}</td></tr>"
         for i, f in enumerate(table))

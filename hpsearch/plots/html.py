@@ -13,7 +13,16 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.attrs import A_PROVENANCE, A_REASON, A_RETRY_OF, INTERRUPTED
 from hpsearch.config import StudyConfig
 from hpsearch.confirm import standings
-from hpsearch.plots.common import FIG_HEIGHT, Views, best_of, completed, finite, param_names
+from hpsearch.plots.common import (
+    FIG_HEIGHT,
+    Views,
+    best_of,
+    completed,
+    finite,
+    fmt_value,
+    param_names,
+    params_text,
+)
 from hpsearch.plots.finalists import finalists_html
 from hpsearch.provenance import short_commit
 
@@ -88,8 +97,6 @@ def fmt_seconds(s: float | None) -> str:
     return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _duration(t: FrozenTrial, now: datetime) -> float | None:
@@ -174,13 +181,11 @@ def summary_html(trials: list[FrozenTrial], cfg: StudyConfig, study_name: str) -
         rows.append(("best", f"{cfg.metric} = {best.value:.4f} (trial {best.number}; finalist "
                      f"#{win.trial.number}: {win.mean:.4f} ± {win.std:.4f} over "
                      f"{len(win.values)} seeds)"))
-        rows.append(("best params",
-                     ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())))
     elif done:
         best = best_of(done, cfg)
         rows.append(("best", f"{cfg.metric} = {best.value:.4f} (trial {best.number})"))
-        rows.append(("best params",
-                     ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())))
+    if table or done:
+        rows.append(("best params", params_text(best.params)))
     if finished:
         rows.append(("compute time", f"{fmt_seconds(sum(finished))} over {len(finished)} "
                      "finished trials (sum of trial durations)"))
@@ -246,7 +251,8 @@ def trial_table_html(trials: list[FrozenTrial], cfg: StudyConfig) -> str:
             # sorts by the weakest type: the trials that miss one type entirely come together
             *[(min((m["f1-score"] for m in per.values()), default=""), per_type_text(per))]
             * by_type,
-            *((t.params.get(n, ""), _fmt(t.params[n]) if n in t.params else "") for n in names),
+            *((t.params.get(n, ""), fmt_value(t.params[n]) if n in t.params else "")
+              for n in names),
             (d if d is not None else "", fmt_seconds(d)),
             *[provenance_cell(prov)] * by_prov,
             (trial_notes(t), trial_notes(t)),
