@@ -10,7 +10,7 @@ Where a trial's life is written down:
     born          trial.claim_trial     (sampler asked under the study lock)
     trained       trial.run_trial  ->  trainer/loop.train
     checkpointed  trainer/checkpoint.py, in the folder trainer/trial_dir.py lays out
-    pruned        trainer/loop.py reports, pruners.py decides
+    pruned        trainer/state.judge reports, pruners.py decides
     recorded      trial.record_failure / trial.run_trial, then export.tidy
 """
 

@@ -386,7 +386,7 @@ def run_trial(
     """Train a claimed trial and record how it ended; a stop raises ``StudyInterrupted``."""
     from hpsearch import reporting
     from hpsearch.trainer import Interrupted, train
-    from hpsearch.trainer.loop import RankDied
+    from hpsearch.trainer.state import RankDied
 
     use_compile_cache(cfg)
     s = start_trial(study, trial, cfg)

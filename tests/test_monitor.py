@@ -11,7 +11,7 @@ from conftest import TINY
 
 from hpsearch.config import TrainerConfig
 from hpsearch.trainer import prepare, train
-from hpsearch.trainer.loop import TrialStopped
+from hpsearch.trainer.state import TrialStopped
 
 
 def _rows(folder: Path) -> list[dict]:

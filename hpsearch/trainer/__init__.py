@@ -11,8 +11,8 @@ from typing import Any
 
 _WHERE = {
     "Prepared": "inputs", "prepare": "inputs",
-    "Interrupted": "loop", "TrialPrunedAt": "loop", "TrialResult": "loop",
-    "TrialStopped": "loop", "train": "loop",
+    "Interrupted": "state", "TrialPrunedAt": "state", "TrialResult": "state",
+    "TrialStopped": "state", "train": "loop",
 }
 
 __all__ = sorted(_WHERE)

@@ -180,7 +180,7 @@ class Group:
     def failure(self, e: BaseException) -> BaseException:
         """The error a failed collective means for the trial: a rank's own error if one
         reported it, else ``RankDied`` (the trial is interrupted and resumes)."""
-        from hpsearch.trainer.loop import RankDied, TrialStopped
+        from hpsearch.trainer.state import RankDied, TrialStopped
 
         self._collect(time.monotonic() + 5)
         for r, report in sorted(self.reports.items()):
@@ -322,7 +322,7 @@ def device_of(cfg, rank: int) -> torch.device:
 
 def start(cfg, prep, out_dir: Path, log: logging.Logger, metric: str, maximize: bool) -> Group:
     """Rank 0: start ranks 1..N-1 and join them in one process group."""
-    from hpsearch.trainer.loop import TrialStopped
+    from hpsearch.trainer.state import TrialStopped
 
     world = cfg.devices_per_trial
     device = device_of(cfg, 0)
@@ -370,7 +370,7 @@ def start(cfg, prep, out_dir: Path, log: logging.Logger, metric: str, maximize: 
 
 def _wait_ready(group: Group, deadline: float) -> None:
     """Until every child has joined the store (imports done), or one of them died."""
-    from hpsearch.trainer.loop import RankDied
+    from hpsearch.trainer.state import RankDied
 
     waiting = dict(group.children)
     while waiting:
@@ -413,7 +413,7 @@ def _rank_main(cfg, prep, out_dir: Path, metric: str, maximize: bool, rank: int,
 
     from tqdm.auto import tqdm
 
-    from hpsearch.trainer import loop
+    from hpsearch.trainer import loop, state
 
     # It draws no progress bar: a thread lock for tqdm, not the semaphore a spawned process's
     # quick exit (below) would leave to the resource tracker.
@@ -432,11 +432,11 @@ def _rank_main(cfg, prep, out_dir: Path, metric: str, maximize: bool, rank: int,
         finally:
             _destroy()
         report, code = ("done", result.steps), 0
-    except loop.TrialPrunedAt as e:
+    except state.TrialPrunedAt as e:
         report, code = ("pruned", e.step), 0
-    except loop.Interrupted as e:
+    except state.Interrupted as e:
         report, code = ("interrupted", str(e)), 0
-    except loop.TrialStopped as e:
+    except state.TrialStopped as e:
         report = ("stopped", e.reason, str(e))
     except (MemoryError, torch.OutOfMemoryError) as e:
         report = ("oom", f"{type(e).__name__}: {e}"[:1000])

@@ -43,17 +43,6 @@ from hpsearch.trainer.fusion import (
 )
 from hpsearch.trainer.inputs import Prepared
 from hpsearch.trainer.kernels import use_cpu_kernels
-from hpsearch.trainer.loop import (
-    Interrupted,
-    Reporter,
-    TrainState,
-    TrialPrunedAt,
-    TrialResult,
-    TrialStopped,
-    find_checkpoint,
-    judge,
-    take_over,
-)
 from hpsearch.trainer.modeling import build_model
 from hpsearch.trainer.monitor import Monitor, StepRow, eval_health, steps_rows
 from hpsearch.trainer.optim import lr_at, total_steps, warmup_steps
@@ -63,6 +52,17 @@ from hpsearch.trainer.runtime import (
     resolve_precision,
     seed_everything,
     trial_logger,
+)
+from hpsearch.trainer.state import (
+    Interrupted,
+    Reporter,
+    TrainState,
+    TrialPrunedAt,
+    TrialResult,
+    TrialStopped,
+    find_checkpoint,
+    judge,
+    take_over,
 )
 
 
