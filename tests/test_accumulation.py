@@ -29,7 +29,7 @@ from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.errors import ConfigError
 from hpsearch.trainer import Interrupted, fastpath, loop, train
 from hpsearch.trainer.batching import collate
-from hpsearch.trainer.loop import same_settings
+from hpsearch.trainer.state import same_settings
 
 
 @pytest.fixture(scope="module")
