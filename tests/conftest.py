@@ -38,6 +38,11 @@ TINY = {
 }
 
 
+#: A study's trainer whose point is not the training: one epoch on 120 sentences, a second or
+#: two a trial.
+ONE_EPOCH = {"train_limit": 120, "val_limit": 40, "max_epochs": 1}
+
+
 #: Dropout off: two runs of one trial (one process and two ranks, one batch and its
 #: micro-batches) then compute the same numbers, up to the order of float additions.
 NO_DROPOUT = {"dropout": 0.0, "scratch": {**TINY["scratch"], "attention_probs_dropout_prob": 0.0,
@@ -160,6 +165,20 @@ def spawn_hpsearch(*args: str, env: dict | None = None) -> subprocess.Popen:
         stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+def cli(*args: str, env: dict | None = None):
+    """The real command line in this process: exit code, stdout and stderr kept apart.
+
+    For every command whose point is not the process itself (signals, kill -9, worker pools,
+    what a fresh interpreter prints or logs): it skips the seconds a fresh interpreter spends
+    importing torch and transformers. ``env``: variables set while it runs.
+    """
+    from click.testing import CliRunner
+
+    from hpsearch.cli import main
+
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
 def hpsearch(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    cli,
     exact_trainer,
-    hpsearch,
     study_config,
     trials_of,
     write_study,
@@ -180,8 +180,8 @@ def test_fused_trials_refuse_them_in_one_line(demo_dir, tmp_path, where, needle)
         over["search_space"] = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2},
                                 **where["search_space"]}
     path = write_study(tmp_path, demo_dir, **over)
-    r = hpsearch("run", str(path), "--fuse", "2")
-    assert r.returncode == 2, r.stderr
+    r = cli("run", str(path), "--fuse", "2")
+    assert r.exit_code == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "fuse" in lines[0], lines
     assert not (tmp_path / "out").exists()
@@ -203,8 +203,8 @@ def test_a_study_searches_accumulation_and_checkpointing(demo_dir, tmp_path):
              "gradient_checkpointing": {"type": "categorical", "choices": [False, True]}}
     path = write_study(tmp_path, demo_dir, search_space=space, n_trials=2,
                        trainer={"max_epochs": 1})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     done = trials_of(path)
     assert len(done) == 2 and all(t.value is not None for t in done)
     assert all(t.params["gradient_accumulation_steps"] in (1, 4) for t in done)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import hpsearch, study_dict, trials_of, write_study
+from conftest import cli, study_dict, trials_of, write_study
 
 from hpsearch.cli import main
 from hpsearch.config import ConfigError, parse_study
@@ -97,8 +97,8 @@ def test_overrides_are_checked_like_the_file(tmp_path):
 @pytest.mark.slow
 def test_run_n_trials_1_runs_one_trial_of_a_two_trial_study(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir)  # n_trials: 2
-    r = hpsearch("run", str(path), "--n-trials", "1")
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path), "--n-trials", "1")
+    assert r.exit_code == 0, r.stderr
     assert "1/1 trials" in r.stdout
     assert len(trials_of(path)) == 1
 

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from conftest import study_config, write_study
+from conftest import cli, study_config, write_study
 
 from hpsearch.cli import main
 
@@ -55,11 +55,6 @@ def test_trains_model_folder_is_what_evaluate_takes_with_averages_and_strict_mod
         tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir)
     out = tmp_path / "manual"
-    runner = CliRunner()  # in this process: nothing here needs a fresh interpreter
-
-    def cli(*args: str):
-        return runner.invoke(main, list(args), catch_exceptions=False)
-
     r = cli("train", str(path), "--set", "learning_rate=3e-3", "--out", str(out))
     assert r.exit_code == 0, r.output
     model = out / "model"

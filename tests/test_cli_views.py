@@ -6,17 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, spawn_hpsearch, write_study
+from conftest import ONE_EPOCH, cli, free_port, spawn_hpsearch, write_study
 from views_helpers import make_synthetic_study, views_settings
-
-sys.path.insert(0, str(REPO / "tests" / "faults"))
-from helpers import ONE_EPOCH, cli  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
               pytest.mark.filterwarnings("ignore:Heartbeat of storage")]

@@ -5,21 +5,17 @@ from __future__ import annotations
 import json
 import signal
 import statistics
-import sys
 import time
 
 import pytest
 import yaml
-from conftest import REPO, spawn_hpsearch, study_config, trials_of, write_study
+from conftest import ONE_EPOCH, cli, spawn_hpsearch, study_config, trials_of, write_study
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpsearch.attrs import A_CONFIRMS, A_SEED, counts_toward_total
 from hpsearch.confirm import standings, verdict
 from hpsearch.opening import open_study
-
-sys.path.insert(0, str(REPO / "tests" / "faults"))
-from helpers import ONE_EPOCH, cli  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage",
                                         "ignore::optuna.exceptions.ExperimentalWarning")

@@ -116,11 +116,11 @@ def test_content_fingerprint_follows_data(tmp_path):
 
 @pytest.mark.slow
 def test_cli_reports_data_error(tmp_path, demo_dir):
-    from conftest import hpsearch, write_study
+    from conftest import cli, write_study
 
     root = make(tmp_path / "data", tags=("B-PER I-PER O", "O"))
-    r = hpsearch("train", str(write_study(tmp_path, root)), "--set", "learning_rate=1e-3")
-    assert r.returncode == 2
+    r = cli("train", str(write_study(tmp_path, root)), "--set", "learning_rate=1e-3")
+    assert r.exit_code == 2
     assert r.stderr.strip() == (
         f"error: {root / 'train' / 'tags.txt'}:2: 1 tags for 2 tokens in "
         f"{root / 'train' / 'sentences.txt'}"

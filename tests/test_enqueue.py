@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import hpsearch, study_config, trials_of, write_study
+from conftest import cli, study_config, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import ConfigError
@@ -41,8 +41,8 @@ def test_a_point_outside_the_space_is_one_error_line(tmp_path, demo_dir, point, 
 def test_an_enqueued_point_is_trial_0_and_counts_toward_n_trials(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=2, search_space=SPACE,
                        enqueue=[HF_DEFAULTS])
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     assert len(trials) == 2 and trials[0].params == HF_DEFAULTS
     assert trials[0].user_attrs["enqueued"] == "study file"

@@ -1,6 +1,7 @@
 """Fused trials (trainer.fuse / --fuse K): K trials of a study trained as one batched model.
 
-Every test runs the real command line on the tiny demo study. Parameters are enqueued, so a
+Every test runs the real command line on the tiny demo study (in this process, except where
+the process is the point: a kill, a Ctrl-C, a pool of workers). Parameters are enqueued, so a
 fused study and its solo twin train exactly the same trials, in the same order.
 """
 
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, hpsearch, spawn_hpsearch, trials_of, write_study
+from conftest import TINY, cli, hpsearch, spawn_hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
@@ -63,9 +64,9 @@ def test_a_fused_array_of_three_trains_each_member_as_its_solo_run(tmp_path, dem
     fused = _study(tmp_path, demo_dir, "fused", PARAMS, fuse=3, trainer={"eval_every": 5})
     solo = _study(tmp_path, demo_dir, "solo", PARAMS, fuse=1, trainer={"eval_every": 5})
     for path in (fused, solo):
-        r = hpsearch("run", str(path))
-        assert r.returncode == 0, r.stderr
-    assert "fused 3 at a time" in hpsearch("run", str(fused)).stdout
+        r = cli("run", str(path))
+        assert r.exit_code == 0, r.stderr
+        assert ("fused 3 at a time" in r.stdout) == (path == fused)
     by_number = [{t.number: t for t in trials_of(p)} for p in (fused, solo)]
     for number in range(3):
         f, s = (trials[number] for trials in by_number)
@@ -93,8 +94,8 @@ def test_a_diverging_member_fails_alone_and_the_others_finish_as_alone(tmp_path,
     solo = _study(tmp_path, demo_dir, "solo", [params[0], params[2]], fuse=1,
                   search_space=space)
     for path in (fused, solo):
-        r = hpsearch("run", str(path))
-        assert r.returncode == 0, r.stderr
+        r = cli("run", str(path))
+        assert r.exit_code == 0, r.stderr
     f = {t.number: t for t in trials_of(fused)}
     s = {t.number: t for t in trials_of(solo)}
     assert f[1].state == TrialState.FAIL
@@ -121,8 +122,8 @@ def test_a_pruned_members_slot_takes_the_next_trial_and_the_study_ends_at_n_tria
     pruner = {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0}
     path = _study(tmp_path, demo_dir, "pruned", params, fuse=2, pruner=pruner,
                   trainer={"eval_every": 4})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     assert len(trials) == 5  # no more, no fewer, and none twice
     states = [t.state for t in trials]
@@ -132,7 +133,7 @@ def test_a_pruned_members_slot_takes_the_next_trial_and_the_study_ends_at_n_tria
         if t.state == TrialState.PRUNED:
             assert not (Path(t.system_attrs["hpsearch:trial_dir"]) / "checkpoints").exists()
     assert "5/5 trials" in r.stdout
-    again = hpsearch("run", str(path))
+    again = cli("run", str(path))
     assert "nothing to do" in again.stdout and len(trials_of(path)) == 5
 
 
@@ -140,8 +141,8 @@ def test_kill_9_of_a_fused_run_resumes_every_member_from_its_checkpoint(tmp_path
     slow = {"max_tokens": 256, "checkpoint_every": 3, "eval_every": 12}
     killed = _study(tmp_path, demo_dir, "killed", PARAMS, fuse=3, trainer=slow)
     whole = _study(tmp_path, demo_dir, "whole", PARAMS, fuse=3, trainer=slow)
-    r = hpsearch("run", str(whole))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(whole))
+    assert r.exit_code == 0, r.stderr
     expected = {json.dumps(t.params, sort_keys=True): t.value for t in trials_of(whole)}
 
     p = spawn_hpsearch("run", str(killed))
@@ -159,8 +160,8 @@ def test_kill_9_of_a_fused_run_resumes_every_member_from_its_checkpoint(tmp_path
     p.wait()
     assert {t.state for t in trials_of(killed)} == {TrialState.RUNNING}
 
-    r = hpsearch("run", str(killed))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(killed))
+    assert r.exit_code == 0, r.stderr
     assert "resumed interrupted trial(s): 0, 1, 2" in r.stdout
     # said when they are found, before the trials that continue them
     assert r.stdout.index("resumed interrupted") < r.stdout.index("\ntrial ")
@@ -174,8 +175,8 @@ def test_kill_9_of_a_fused_run_resumes_every_member_from_its_checkpoint(tmp_path
 def test_bayes_backend_fuses_three_trials(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=4, backend={"name": "bayes"},
                        trainer={"fuse": 3})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert all("hpsearch:sampled_by" in t.system_attrs for t in trials)
@@ -186,7 +187,7 @@ def test_fp16_fuses_and_fails_each_member_on_a_cpu_as_a_solo_trial_would(tmp_pat
     """fp16 is accepted with fuse > 1 (each member scales its own loss); on a CPU, which has
     no fp16 training, every trial fails with the solo trial's reason and the run ends."""
     path = write_study(tmp_path, demo_dir, n_trials=2, trainer={"fuse": 2, "precision": "fp16"})
-    r = hpsearch("run", str(path))
+    r = cli("run", str(path))
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2, r.stderr
     assert all("fp16 needs a CUDA device" in t.user_attrs["error"] for t in trials)
@@ -207,8 +208,8 @@ def test_a_search_that_changes_batch_shapes_refuses_fusion_in_one_line(tmp_path,
              "max_tokens": {"type": "categorical", "choices": [512, 1024]}}
     path = write_study(tmp_path, demo_dir, search_space=space,
                        trainer={"fuse": 2} if how == "file" else {})
-    r = hpsearch("run", str(path), *(["--fuse", "2"] if how == "flag" else []))
-    assert r.returncode == 2
+    r = cli("run", str(path), *(["--fuse", "2"] if how == "flag" else []))
+    assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "search_space.max_tokens" in lines[0] and "fuse" in lines[0]
     assert not (tmp_path / "out" / "trials").exists()
@@ -232,7 +233,7 @@ def test_ctrl_c_checkpoints_every_member_exits_130_and_the_next_run_finishes(
     assert [t.system_attrs.get("hpsearch:fail_reason") for t in first[:3]] == ["interrupted"] * 3
     assert all(list((trials_dir / f"trial-{n:04d}" / "checkpoints").glob("step-*"))
                for n in range(3))
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     done = [t for t in trials_of(path) if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and all(t.user_attrs["resumed_from_step"] > 0 for t in done)

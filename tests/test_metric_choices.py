@@ -4,7 +4,7 @@ F1, and seqeval's strict IOB2 mode."""
 from __future__ import annotations
 
 import pytest
-from conftest import hpsearch, study_dict, trials_of, write_study
+from conftest import cli, study_dict, trials_of, write_study
 
 from hpsearch.config import ConfigError, parse_study
 from hpsearch.trainer.metrics import format_report, ner_scores
@@ -58,8 +58,8 @@ def test_a_type_the_data_does_not_have_is_refused_before_anything_is_written(
 def test_a_study_on_one_types_f1_picks_the_trial_best_at_that_type(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=3, metric="f1:PER",
                        trainer={"seqeval_mode": "strict"})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     per = {t.number: t.user_attrs["best_scores"]["per_type"]["PER"]["f1-score"] for t in trials}
     assert {t.number: t.value for t in trials} == per

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import hpsearch, study_config, write_study
+from conftest import cli, study_config, write_study
 
 
 @pytest.mark.slow
 def test_a_model_typo_writes_nothing_and_the_fixed_file_then_runs_without_allow_changes(
         tmp_path, demo_dir):
     bad = write_study(tmp_path, demo_dir, n_trials=1, trainer={"model": "package:nosuchpkg"})
-    r = hpsearch("run", str(bad))
-    assert r.returncode == 2
+    r = cli("run", str(bad))
+    assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
         "error: trainer.model: Python package 'nosuchpkg' is not installed"]
     assert not (tmp_path / "out").exists()  # no study.db, no folder
     fixed = write_study(tmp_path, demo_dir, n_trials=1)
-    r = hpsearch("run", str(fixed))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(fixed))
+    assert r.exit_code == 0, r.stderr
     assert "1/1 trials" in r.stdout
 
 

@@ -6,27 +6,18 @@ import shutil
 
 import optuna
 import pytest
-from click.testing import CliRunner
-from conftest import study_config, trials_of, write_study
+from conftest import ONE_EPOCH, cli, study_config, trials_of, write_study
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from hpsearch import provenance
 from hpsearch.attrs import A_PROVENANCE
-from hpsearch.cli import main
 from hpsearch.errors import ConfigError
-
-#: A second or two a trial.
-ONE_EPOCH = {"train_limit": 120, "val_limit": 40, "max_epochs": 1}
 
 #: What every trial carries besides its data fingerprint.
 RECORDED = ("model_source", "model_hash", "hpsearch_version", "hpsearch_commit", "hpsearch_dirty",
             "torch_version", "transformers_version", "optuna_version", "bayes_opt_version",
             "seqeval_version", "device", "cuda_version", "cudnn_version", "host")
-
-
-def cli(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.mark.slow

@@ -172,17 +172,13 @@ def test_a_pruned_trial_never_becomes_the_best_even_with_the_highest_last_value(
     """Pruned trials stopped early: their last report is not a finished trial's value, however
     high: `best` and the report's summary take the completed one."""
     import json
-    import sys
 
-    from conftest import REPO, write_study
+    from conftest import cli, write_study
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
     from views_helpers import views_settings
 
     from hpsearch.plots import write_report
-
-    sys.path.insert(0, str(REPO / "tests" / "faults"))
-    from helpers import cli
 
     cfg, study = make_synthetic_study(tmp_path, 3, states="complete")
     done_best = max(t.value for t in study.get_trials())

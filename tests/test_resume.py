@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import hpsearch, spawn_hpsearch, trials_of, write_study
+from conftest import cli, spawn_hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study
@@ -53,13 +53,8 @@ def _assert_uninterrupted(path: Path, killed, cont) -> None:
     interrupted: every logged loss and every evaluation's F1, the final one and the best."""
     args = [a for k, v in cont.params.items() for a in ("--set", f"{k}={v!r}")]
     ref_dir = Path(cont.system_attrs["hpsearch:trial_dir"]).parent.parent / "ref"
-    from click.testing import CliRunner
-
-    from hpsearch.cli import main
-
     # In this process: the reference needs no fresh interpreter, only the same trainer.
-    r = CliRunner().invoke(main, ["train", str(path), *args, "--out", str(ref_dir)],
-                           catch_exceptions=False)
+    r = cli("train", str(path), *args, "--out", str(ref_dir))
     assert r.exit_code == 0, r.output
     ref = _rows(ref_dir)
     first = _rows(Path(killed.system_attrs["hpsearch:trial_dir"]))
@@ -84,8 +79,8 @@ def test_sigkilled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_f1(tmp
     killed = trials_of(path)[0]
     assert killed.state == TrialState.RUNNING  # what a power cut leaves behind
 
-    r = hpsearch("resume", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("resume", str(path))
+    assert r.exit_code == 0, r.stderr
     assert "resumed interrupted trial(s): 0" in r.stdout
     trials = trials_of(path)
     assert trials[0].state == TrialState.FAIL
@@ -117,8 +112,8 @@ def test_sigint_checkpoints_exits_130_and_resumes(tmp_path, demo_dir):
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
 
-    r = hpsearch("resume", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("resume", str(path))
+    assert r.exit_code == 0, r.stderr
     first, done = trials_of(path)
     assert done.state == TrialState.COMPLETE
     assert done.user_attrs["resumed_from_step"] == stopped_at

@@ -4,15 +4,11 @@ a metric to minimise, a metric other than F1, early stopping."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, trials_of, write_study
+from conftest import ONE_EPOCH, cli, trials_of, write_study
 from optuna.trial import TrialState
-
-sys.path.insert(0, str(REPO / "tests" / "faults"))
-from helpers import ONE_EPOCH, cli  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:Heartbeat of storage")]
 

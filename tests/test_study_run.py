@@ -6,17 +6,10 @@ import json
 
 import pytest
 import yaml
-from click.testing import CliRunner
-from conftest import hpsearch, trials_of, write_study
+from conftest import cli, hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
-from hpsearch.cli import main
 from hpsearch.config import load_study
-
-
-def cli(*args: str):
-    """A command that trains nothing, in this process: a fresh interpreter costs seconds."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 # Every test runs real trials through the command line.
 pytestmark = pytest.mark.slow
@@ -54,8 +47,8 @@ def test_second_run_starts_nothing_and_more_trials_run_exactly_more(finished, tm
     d = yaml.safe_load(path.read_text())
     d["n_trials"] = 5
     path.write_text(yaml.safe_dump(d))
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
     assert "5/5 trials" in r.stdout
@@ -107,8 +100,8 @@ def test_bayes_backend_writes_the_same_database(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=4,
                        backend={"name": "bayes", "acquisition": "ei", "n_random_init": 2},
                        trainer={"max_epochs": 1})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     trials = trials_of(path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     sampled_by = [t.system_attrs.get("hpsearch:sampled_by") for t in trials]
@@ -135,8 +128,8 @@ def test_keep_best_leaves_only_the_best_trials_weights(finished):
 def test_keep_all_keeps_every_checkpoint(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, n_trials=2, keep="all",
                        trainer={"max_epochs": 2, "train_limit": 100, "val_limit": 50})
-    r = hpsearch("run", str(path))
-    assert r.returncode == 0, r.stderr
+    r = cli("run", str(path))
+    assert r.exit_code == 0, r.stderr
     dirs = sorted((tmp_path / "out" / "trials").iterdir())
     assert len(dirs) == 2
     for d in dirs:

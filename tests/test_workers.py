@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pg
 import pytest
-from conftest import hpsearch, spawn_hpsearch, study_config, trials_of, write_study
+from conftest import cli, hpsearch, spawn_hpsearch, study_config, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.attrs import (
@@ -190,10 +190,10 @@ def test_gpu_slots_cycle_the_gpus_and_a_bad_list_or_missing_study_exits_2(tmp_pa
     assert gpu_slots(["3"], 3, 1) == ["3", "3", "3"]
     assert gpu_slots([], 2, 1) == [None, None]
     path = write_study(tmp_path, demo_dir)
-    r = hpsearch("run", str(path), "--gpus", "0,,1")
-    assert r.returncode == 2 and r.stderr.startswith("error: --gpus")
-    r = hpsearch("worker", str(path))
-    assert r.returncode == 2 and "no study named 't'" in r.stderr
+    r = cli("run", str(path), "--gpus", "0,,1")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --gpus")
+    r = cli("worker", str(path))
+    assert r.exit_code == 2 and "no study named 't'" in r.stderr
 
 
 @pytest.mark.slow

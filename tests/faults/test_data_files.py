@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import trials_of, write_study
-from helpers import ONE_EPOCH, cli, copy_data
+from conftest import ONE_EPOCH, cli, trials_of, write_study
+from helpers import copy_data
 from optuna.trial import TrialState
 
 

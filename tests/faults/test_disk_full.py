@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import trials_of, write_study
-from helpers import cli
+from conftest import cli, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.trainer import checkpoint as ckpt

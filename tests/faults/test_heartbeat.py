@@ -11,8 +11,7 @@ import socket
 import time
 
 import pytest
-from conftest import study_config, trials_of, write_study
-from helpers import ONE_EPOCH, cli
+from conftest import ONE_EPOCH, cli, study_config, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.attrs import (

@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import trials_of, write_study
-from helpers import ONE_EPOCH, cli
+from conftest import ONE_EPOCH, cli, trials_of, write_study
 from optuna.trial import TrialState
 from transformers import BertForTokenClassification
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import hpsearch, trials_of, write_study
-from helpers import ONE_EPOCH
+from conftest import ONE_EPOCH, hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study

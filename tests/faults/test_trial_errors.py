@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import trials_of, write_study
-from helpers import ONE_EPOCH, cli
+from conftest import ONE_EPOCH, cli, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.config import ScratchModel
