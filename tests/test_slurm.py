@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hpsearch, trials_of, write_study
+from conftest import REPO, cli, hpsearch, trials_of, write_study
 from optuna.trial import TrialState
 
 from hpsearch.trainer.checkpoint import list_checkpoints
@@ -102,27 +102,27 @@ def _reference_f1(proc: subprocess.Popen, out: Path) -> float:
 def test_submit_refuses_sqlite_for_an_array_and_a_broken_study_writing_nothing(tmp_path,
                                                                                demo_dir):
     sqlite = write_study(tmp_path, demo_dir)  # the default storage: sqlite under output_dir
-    r = hpsearch("submit", str(sqlite), "--slurm", "--array", "2")
-    assert r.returncode == 2
+    r = cli("submit", str(sqlite), "--slurm", "--array", "2")
+    assert r.exit_code == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: storage sqlite:///")
     assert "SQLite cannot be shared by 2 Slurm array tasks" in r.stderr and "journal" in r.stderr
 
     broken = write_study(tmp_path, demo_dir, file="broken.yaml", n_trail=3,
                          storage=f"journal:{tmp_path / 'j.log'}")
-    r = hpsearch("submit", str(broken), "--slurm", "--array", "2")
-    assert r.returncode == 2
+    r = cli("submit", str(broken), "--slurm", "--array", "2")
+    assert r.exit_code == 2
     assert r.stderr == f"error: {broken}: n_trail: unknown key; did you mean n_trials?\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml", "study.yaml"]
 
 
 def test_no_submit_writes_a_script_that_asks_for_what_was_given(tmp_path, demo_dir):
     path = write_study(tmp_path, demo_dir, storage=f"journal:{tmp_path / 'j.log'}")
-    r = hpsearch("submit", str(path), "--slurm", "--no-submit", "--array", "4",
-                 "--gpus-per-task", "1", "--cpus-per-task", "8", "--mem", "32G", "--time",
-                 "4:00:00", "--partition", "gpu", "--account", "lab", "--qos", "high",
-                 "--sbatch-arg=--constraint=a100", "--grace", "300", "--fuse", "2",
-                 "--n-trials", "6")
-    assert r.returncode == 0, r.stderr
+    r = cli("submit", str(path), "--slurm", "--no-submit", "--array", "4",
+            "--gpus-per-task", "1", "--cpus-per-task", "8", "--mem", "32G", "--time",
+            "4:00:00", "--partition", "gpu", "--account", "lab", "--qos", "high",
+            "--sbatch-arg=--constraint=a100", "--grace", "300", "--fuse", "2",
+            "--n-trials", "6")
+    assert r.exit_code == 0, r.stderr
     script = tmp_path / "out" / "slurm" / "worker.sbatch"
     assert f"sbatch {script}" in r.stdout
     text = script.read_text()

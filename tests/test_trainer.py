@@ -79,11 +79,10 @@ def test_demo_f1_depends_on_learning_rate(tmp_path):
     demo = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
     env = {"HPSEARCH_STORAGE": f"sqlite:///{tmp_path / 'x.db'}"}
     out = str(tmp_path / "demo-out")
-    good = cli("train", str(demo), "--set", "learning_rate=5e-3", "--set",
-                    "weight_decay=0.01", "--out", out + "-good", env=env)
+    good = cli("train", str(demo), "--set", "learning_rate=5e-3", "--set", "weight_decay=0.01",
+               "--out", out + "-good", env=env)
     assert good.exit_code == 0, good.stderr
-    bad = cli("train", str(demo), "--set", "learning_rate=1e-5", "--out", out + "-bad",
-                   env=env)
+    bad = cli("train", str(demo), "--set", "learning_rate=1e-5", "--out", out + "-bad", env=env)
     f1 = [float(r.stdout.split("best f1=")[1].split()[0]) for r in (good, bad)]
     assert f1[0] > 0.8 and f1[1] < 0.1, f1
     assert "micro avg" in good.stdout and "PER" in good.stdout
