@@ -109,8 +109,10 @@ def test_four_workers_run_exactly_n_trials(kind, tmp_path, demo_dir, request):
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_every_running_trial_and_the_next_run_resumes(tmp_path, demo_dir):
-    # Long enough that neither trial can finish before both have checkpointed.
-    slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
+    # Long enough that neither trial can finish before both have checkpointed: ~150 steps of a
+    # few milliseconds, where the second worker may start its trial half a second after the
+    # first (one epoch, 25 steps, was over before the second one began on a quiet machine).
+    slow = {"train_limit": 300, "max_tokens": 256, "max_epochs": 6, "checkpoint_every": 3,
             "val_limit": 20}
     path = write_study(tmp_path, demo_dir, name="ctrl-c", n_trials=2, trainer=slow)
     proc = spawn_hpsearch("run", str(path), "--workers", "2")

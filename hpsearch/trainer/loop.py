@@ -6,9 +6,10 @@ a killed trial loses at most one checkpoint interval. Everything that decides wh
 batch is (epoch, position in the epoch, RNG states) is in the checkpoint, so a resumed run
 computes exactly what the uninterrupted run would have.
 
-With ``devices_per_trial: N`` the same loop runs in N processes (distributed.py): each step's
-batch is split across them and their gradients summed, rank 0 evaluates on everyone's
-predictions, decides, and alone writes; the others follow its decisions step for step.
+With ``devices_per_trial: N`` the same loop runs in N processes (started by ranks.py; what
+they share, in distributed.py): each step's batch is split across them and their gradients
+summed, rank 0 evaluates on everyone's predictions, decides, and alone writes; the others
+follow its decisions step for step.
 
 ``train`` is the loop; ``_Training`` holds what it works with, set up once, and its methods are
 the stages: resume, step, evaluate (and maybe prune), checkpoint. What the run carries from
@@ -39,7 +40,7 @@ import torch
 from hpsearch.config import TrainerConfig
 from hpsearch.config.trainer import RUN_ONLY
 from hpsearch.trainer import checkpoint as ckpt
-from hpsearch.trainer import distributed, trial_dir
+from hpsearch.trainer import distributed, ranks, trial_dir
 from hpsearch.trainer.batching import bucket_of, labelled_counts, make_batches, micro_batches
 from hpsearch.trainer.evaluation import evaluate
 from hpsearch.trainer.fastpath import FellBack, Runner, make_plan, plan_batch
@@ -95,10 +96,10 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         log, handler = trial_logger(out_dir)
     else:
-        log, handler = distributed.quiet_logger(), None
+        log, handler = ranks.quiet_logger(), None
     try:
         if own_group:
-            group = distributed.start(cfg, prep, out_dir, log, metric, maximize)
+            group = ranks.start(cfg, prep, out_dir, log, metric, maximize)
         run = _Training(cfg, prep, out_dir, log, metric, maximize, group)
         resumed_from = run.resume(resume_from, reporter)
         st = run.st
@@ -178,7 +179,7 @@ class _Training:
         threads = cfg.num_threads or (group.threads if group else None)
         if threads:
             torch.set_num_threads(threads)
-        distributed.computing()
+        ranks.computing()
         self.device = device = group.device if group else resolve_device(cfg.device)
         self.amp = amp = resolve_precision(cfg.precision, device)
         if amp is not None and device.type == "cpu" and amp == torch.float16:

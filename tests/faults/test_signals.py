@@ -19,8 +19,9 @@ from hpsearch.trainer.checkpoint import list_checkpoints
 
 pytestmark = pytest.mark.slow
 
-#: ~25 short steps a trial, a checkpoint every 3: caught mid-trial with one behind it.
-SLOW = {"train_limit": 200, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 3,
+#: ~50 short steps a trial (a second or so), a checkpoint every 3: caught mid-trial with one
+#: behind it.
+SLOW = {"train_limit": 200, "max_tokens": 256, "max_epochs": 3, "checkpoint_every": 3,
         "val_limit": 20}
 #: Steps of a few tenths of a second and no periodic checkpoint: a checkpoint in the folder can
 #: only be the one a stop writes.
