@@ -100,6 +100,7 @@ class Request:
     sbatch_args: Sequence[str] = ()
     grace: int = DEFAULT_GRACE
     worker_args: Sequence[str] = field(default_factory=list)  # --n-trials, --fuse, ...
+    gpus_per_trial: int | None = None  # the task's GPUs trained on by trials this many each
 
 
 def check_storage(cfg: StudyConfig, array: int) -> list[str]:
@@ -180,6 +181,9 @@ def batch_script(cfg: StudyConfig, study_file: Path, req: Request) -> str:
         options.append(arg)
     worker = shlex.join([*hpsearch_command(), "worker", str(study_file.resolve()),
                          *req.worker_args])
+    if req.gpus_per_trial:  # the GPUs are known when the task starts: Slurm sets them
+        worker += (' --gpus "${CUDA_VISIBLE_DEVICES:?Slurm gave this task no GPUs}"'
+                   f" --gpus-per-trial {req.gpus_per_trial}")
     head = "\n".join(f"#SBATCH {o}" for o in options)
     return f"""#!/bin/bash
 # Study '{cfg.name}' as a Slurm job array, written by `hpsearch submit`: each task is one

@@ -139,6 +139,51 @@ def test_no_submit_writes_a_script_that_asks_for_what_was_given(tmp_path, demo_d
     assert trials_of(path) == []  # the study exists, for the workers to join
 
 
+def test_gpus_per_trial_splits_each_tasks_gpus_into_trials_of_that_many(tmp_path, demo_dir):
+    """Four GPUs a task, two a trial: the task's worker is told the GPUs Slurm set (known only
+    when it starts) and runs two 2-GPU trials at a time; the study file's devices_per_trial is
+    the default."""
+    path = write_study(tmp_path, demo_dir, storage=f"journal:{tmp_path / 'j.log'}")
+    r = cli("submit", str(path), "--slurm", "--no-submit", "--array", "2",
+            "--gpus-per-task", "4", "--gpus-per-trial", "2")
+    assert r.exit_code == 0, r.stderr
+    text = (tmp_path / "out" / "slurm" / "worker.sbatch").read_text()
+    assert "#SBATCH --gpus-per-task=4" in text
+    (line,) = [x for x in text.splitlines() if " worker " in x and x.endswith(" &")]
+    # What bash hands the worker, with the GPUs Slurm would set for the task.
+    argv = subprocess.run(["bash", "-c", f"set -- {line.removesuffix(' &')}; "
+                           'printf "%s\\n" "$@"'], capture_output=True, text=True,
+                          env={"CUDA_VISIBLE_DEVICES": "4,5,6,7", "PATH": "/usr/bin:/bin"})
+    assert argv.returncode == 0, argv.stderr
+    assert argv.stdout.splitlines()[-6:] == ["worker", str(path.resolve()), "--gpus",
+                                             "4,5,6,7", "--gpus-per-trial", "2"]
+    # Without GPUs the task stops in one line instead of training on the wrong devices.
+    bare = subprocess.run(["bash", "-c", f"set -- {line.removesuffix(' &')}"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert bare.returncode != 0 and "Slurm gave this task no GPUs" in bare.stderr
+
+    in_file = write_study(tmp_path, demo_dir, file="ddp.yaml", name="ddp",
+                          storage=f"journal:{tmp_path / 'j2.log'}",
+                          trainer={"devices_per_trial": 2}, output_dir=str(tmp_path / "ddp"))
+    r = cli("submit", str(in_file), "--slurm", "--no-submit", "--gpus-per-task", "2")
+    assert r.exit_code == 0, r.stderr
+    assert "--gpus-per-trial 2" in (tmp_path / "ddp" / "slurm" / "worker.sbatch").read_text()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--gpus-per-trial", "2"], "--gpus-per-trial 2: needs --gpus-per-task"),
+    (["--gpus-per-task", "4", "--gpus-per-trial", "3"], "--gpus-per-trial 3: needs --gpus-per-"),
+    (["--gpus-per-task", "4", "--gpus-per-trial", "2", "--fuse", "2"], "--gpus-per-trial 2: "),
+])
+def test_gpus_per_trial_that_cannot_split_the_tasks_gpus_is_one_line(tmp_path, demo_dir, args,
+                                                                      needle):
+    path = write_study(tmp_path, demo_dir, storage=f"journal:{tmp_path / 'j.log'}")
+    r = cli("submit", str(path), "--slurm", "--no-submit", *args)
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_requeued_task_comes_back_and_its_trial_ends_with_the_uninterrupted_f1(
         cluster, tmp_path, demo_dir):
     # One task, so SQLite may hold the study; one trial, interrupted twice.

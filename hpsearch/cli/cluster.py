@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hpsearch.cli.common import errors
+from hpsearch.cli.common import errors, with_devices_per_trial
 from hpsearch.config import load_study, with_overrides
 from hpsearch.errors import ConfigError
 
@@ -18,6 +18,9 @@ from hpsearch.errors import ConfigError
               metavar="N", help="Array tasks: N workers, each one `hpsearch worker`.")
 @click.option("--gpus-per-task", type=click.IntRange(min=1), default=None, metavar="G",
               help="GPUs per task; Slurm sets CUDA_VISIBLE_DEVICES and the worker keeps it.")
+@click.option("--gpus-per-trial", type=click.IntRange(min=1), default=None, metavar="N",
+              help="GPUs that train one trial together (DDP; default: the file's "
+              "trainer.devices_per_trial): a task's G GPUs train G/N trials at a time.")
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=None, metavar="C",
               help="CPUs per task (also the task's OMP_NUM_THREADS unless set).")
 @click.option("--mem", default=None, metavar="SIZE", help="Memory per task, e.g. 16G.")
@@ -40,8 +43,8 @@ from hpsearch.errors import ConfigError
               help="Create the study and write the script, but leave the sbatch to you.")
 @errors
 def submit(study_file: str, slurm: bool, array: int, gpus_per_task: int | None,
-           cpus_per_task: int | None, mem: str | None, time_limit: str | None,
-           partition: str | None, account: str | None, qos: str | None,
+           gpus_per_trial: int | None, cpus_per_task: int | None, mem: str | None,
+           time_limit: str | None, partition: str | None, account: str | None, qos: str | None,
            sbatch_args: tuple[str, ...], grace: int, n_trials: int | None, fuse: int | None,
            allow_changes: bool, no_submit: bool) -> None:
     """Run the study as a cluster job array, one worker a task (see README: On a Slurm cluster)."""
@@ -52,6 +55,13 @@ def submit(study_file: str, slurm: bool, array: int, gpus_per_task: int | None,
     if not slurm:
         raise ConfigError("submit needs a scheduler: --slurm (the only one so far)")
     cfg = with_overrides(load_study(study_file), study_file, n_trials=n_trials, fuse=fuse)
+    if gpus_per_trial is None and gpus_per_task and cfg.trainer.devices_per_trial > 1:
+        gpus_per_trial = cfg.trainer.devices_per_trial  # the file's: every GPU of a task in use
+    if gpus_per_trial is not None:
+        if gpus_per_task is None or gpus_per_task % gpus_per_trial:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: needs --gpus-per-task, a "
+                              f"multiple of it (each task's GPUs, {gpus_per_trial} a trial)")
+        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial, str(gpus_per_task))
     warnings = sl.check_storage(cfg, array)
     if not no_submit:
         sl.require("sbatch")
@@ -59,7 +69,7 @@ def submit(study_file: str, slurm: bool, array: int, gpus_per_task: int | None,
                    *(["--fuse", str(fuse)] if fuse else []),
                    *(["--allow-changes"] if allow_changes else [])]
     req = sl.Request(array, gpus_per_task, cpus_per_task, mem, time_limit, partition, account,
-                     qos, sbatch_args, grace, worker_args)
+                     qos, sbatch_args, grace, worker_args, gpus_per_trial)
     text = sl.batch_script(cfg, Path(study_file), req)  # its mistakes before the study exists
     for w in warnings:
         click.echo(f"warning: {w}", err=True)

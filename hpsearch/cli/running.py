@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpsearch.cli.common import errors, fmt_params, parse_set
+from hpsearch.cli.common import errors, fmt_params, parse_set, with_devices_per_trial
 from hpsearch.config import load_study, with_overrides
 from hpsearch.errors import ConfigError
 
@@ -67,26 +67,6 @@ def worker(study_file: str, allow_changes: bool, workers: int | None, gpus: str 
          fuse, n_trials, join=True, gpus_per_trial=gpus_per_trial)
 
 
-def _with_devices_per_trial(cfg, study_file: str, n: int, gpus: str | None):
-    """``--gpus-per-trial N``: the study's ``trainer.devices_per_trial``, checked like the
-    file's (a fused study refuses it in one line)."""
-    from pydantic import ValidationError
-
-    from hpsearch.config import StudyConfig
-    from hpsearch.config.loading import config_error, validation_problems
-
-    if gpus is None:
-        raise ConfigError("--gpus-per-trial needs --gpus (on a CPU, set "
-                          "trainer.devices_per_trial in the study file)")
-    data = cfg.model_dump(mode="json", exclude_unset=True)
-    data.setdefault("trainer", {})["devices_per_trial"] = n
-    try:
-        return StudyConfig.model_validate(data)
-    except ValidationError as e:
-        raise config_error(f"{study_file}: --gpus-per-trial {n}",
-                           validation_problems(e)) from None
-
-
 def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | None,
          trials_per_gpu: int, fuse: int | None, n_trials: int | None, join: bool,
          gpus_per_trial: int | None = None) -> None:
@@ -95,7 +75,7 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
 
     cfg = with_overrides(load_study(study_file), study_file, n_trials=n_trials, fuse=fuse)
     if gpus_per_trial is not None:
-        cfg = _with_devices_per_trial(cfg, study_file, gpus_per_trial, gpus)
+        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial, gpus)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
