@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -212,32 +212,59 @@ def _lock_key(study_name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+class LockHold:
+    """A held study lock. ``held()``: whether it still is. A database server that restarted
+    (or cut the holder's connection) dropped it, and another process may hold it now: what the
+    holder read under it may be stale, and what it decides must be read again under a new one.
+    """
+
+    def __init__(self, check: Callable[[], bool] | None = None):
+        self._check = check
+        self.lost = False
+
+    def held(self) -> bool:
+        if self._check is None:
+            return True  # a lock file or a lock in memory: held until released
+        try:
+            self.lost = self.lost or not self._check()
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            self.lost = True
+        return not self.lost
+
+
 @contextlib.contextmanager
-def study_lock(url: str, study_name: str) -> Iterator[None]:
+def study_lock(url: str, study_name: str) -> Iterator[LockHold]:
     """Held by one process at a time for a study, on every machine that shares ``url``.
 
     SQLite and journal files are shared by one machine's processes, so a lock file next to
     them is enough. PostgreSQL (and MySQL) take a server-side advisory lock, which the server
-    drops by itself when the holder's connection dies with its process.
+    drops by itself when the holder's connection dies with its process, and also when the
+    server restarts under a holder that lives on: what it yields says whether it is still held.
     """
     path = local_file(url)
     if path is not None:
         with file_lock(path.with_name(path.name + ".hpsearch-lock")):
-            yield
+            yield LockHold()
         return
     import sqlalchemy
 
     dialect = url.split(":", 1)[0].split("+", 1)[0]
     if dialect not in ("postgresql", "mysql", "mariadb"):
         with _LOCAL:  # an in-memory database lives in this process only
-            yield
+            yield LockHold()
         return
     if dialect == "postgresql":
         key = _lock_key(study_name)
         take, give = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+        # The one advisory lock this connection takes: held if the server still says so.
+        mine = ("SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND pid = pg_backend_pid()")
     else:
         key = f"hpsearch:{hashlib.sha256(study_name.encode()).hexdigest()[:40]}"
         take, give = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"
+        mine = "SELECT IS_USED_LOCK(:k) = CONNECTION_ID()"
 
     def acquire():
         conn = _engine(url).connect()
@@ -249,11 +276,14 @@ def study_lock(url: str, study_name: str) -> Iterator[None]:
         return conn
 
     conn = retry_outage(url, acquire)
+    hold = LockHold(lambda: bool(conn.execute(sqlalchemy.text(mine),
+                                              {"k": key} if ":k" in mine else {}).scalar()))
     try:
-        yield
+        yield hold
     finally:
         try:
-            conn.execute(sqlalchemy.text(give), {"k": key})
+            if not hold.lost:  # else the server dropped it with the connection
+                conn.execute(sqlalchemy.text(give), {"k": key})
         except Exception as e:
             if not is_outage(e):
                 raise  # a server that went away dropped the lock with the connection

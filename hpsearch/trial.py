@@ -57,7 +57,7 @@ from hpsearch.recovery import (
 )
 from hpsearch.slurm import trial_attrs
 from hpsearch.space import suggest
-from hpsearch.storage import study_lock
+from hpsearch.storage import LockHold, study_lock
 from hpsearch.trainer.trial_dir import drop_checkpoints, trial_dir
 
 # ----------------------------------------------------------------------------- claiming
@@ -95,23 +95,41 @@ def claim_trials(
     so each next sampler (TPE's or bayes' constant liar) sees the ones before as pending.
     Returns the trials and the numbers of dead trials recovered on the way. ``worker_pid``:
     the process that reports the trials if this one dies (a worker, for its trial process).
+
+    A database server that restarts drops the lock while we wait for it to come back, and
+    another worker may take it meanwhile: each ask first checks that the lock is still ours,
+    else all is read again under a new one (two asks that counted the same trials would draw
+    the same point).
     """
     trials: list[optuna.Trial] = []
-    with study_lock(cfg.storage_url, cfg.name):
-        recovered = recover_interrupted(study)
-        queue_confirmations(study, cfg)  # once the search is over: the finalists' seeds
-        while len(trials) < k and work_left(study, cfg.n_trials):
-            study.sampler = trial_sampler(cfg, len(study.get_trials(deepcopy=False)))
-            trial = study.ask()
-            storage = storage_of(study)
-            for key, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
-                           (A_WORKER_PID, worker_pid or os.getpid()),
-                           (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}"),
-                           (A_SAMPLER, type(study.sampler).__name__)):
-                storage.set_trial_system_attr(trial_id(trial), key, v)
-            suggest(trial, cfg.search_space)
-            trials.append(trial)
-    return trials, recovered
+    recovered: list[int] = []
+    while True:
+        with study_lock(cfg.storage_url, cfg.name) as lock:
+            recovered += recover_interrupted(study)
+            queue_confirmations(study, cfg)  # once the search is over: the finalists' seeds
+            if _ask(study, cfg, k, trials, worker, worker_pid, lock):
+                return trials, recovered
+
+
+def _ask(study: optuna.Study, cfg: StudyConfig, k: int, trials: list[optuna.Trial],
+         worker: str | None, worker_pid: int | None, lock: LockHold) -> bool:
+    """Ask for trials under ``lock`` until there are ``k`` or the study needs no more; False
+    when the lock was lost on the way (the trials asked before that were asked under it)."""
+    while len(trials) < k and work_left(study, cfg.n_trials):
+        number = len(study.get_trials(deepcopy=False))
+        if not lock.held():
+            return False
+        study.sampler = trial_sampler(cfg, number)
+        trial = study.ask()
+        storage = storage_of(study)
+        for key, v in ((A_HOST, socket.gethostname()), (A_PID, os.getpid()),
+                       (A_WORKER_PID, worker_pid or os.getpid()),
+                       (A_WORKER, worker or f"{socket.gethostname()}:{os.getpid()}"),
+                       (A_SAMPLER, type(study.sampler).__name__)):
+            storage.set_trial_system_attr(trial_id(trial), key, v)
+        suggest(trial, cfg.search_space)
+        trials.append(trial)
+    return True
 
 
 def more_work(study: optuna.Study, cfg: StudyConfig) -> bool:

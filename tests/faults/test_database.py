@@ -104,3 +104,27 @@ def test_unreachable_database_is_one_line_without_the_password(tmp_path, demo_di
     assert "Traceback" not in r.stderr
     assert "hp:***@127.0.0.1:1/" in r.stdout + r.stderr
     _no_password_anywhere(tmp_path, r.stdout, r.stderr)
+
+
+def test_a_study_lock_the_server_dropped_is_known_lost_and_taken_by_another(pg_server):
+    """A server that restarts (here: cuts the holder's connection) drops the advisory lock
+    while its holder lives on; the holder must learn it before it asks for a trial, or two
+    workers claim at once and draw the same point (seen as two identical trials)."""
+    import sqlalchemy
+
+    from hpsearch.storage import study_lock
+
+    url = pg_server.url()
+    with study_lock(url, "lock-lost") as lock:
+        assert lock.held()
+        admin = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with admin.connect() as c:
+            cut = c.execute(sqlalchemy.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid <> pg_backend_pid()")).scalars().all()
+        assert cut == [True]
+        assert not lock.held()
+        with study_lock(url, "lock-lost") as other:  # not a wait: nobody holds it now
+            assert other.held()
+    with study_lock(url, "lock-lost") as again:
+        assert again.held()
