@@ -20,7 +20,9 @@ from hpsearch.trainer.checkpoint import list_checkpoints
 
 # Slow enough to be caught mid-trial: ~50 optimizer steps, each logged, a checkpoint every 10
 # (eight steps after each for the test to see TensorBoard ahead of the newest checkpoint).
-SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 1, "checkpoint_every": 10,
+# ~200 steps: the kill lands mid-trial. With one epoch (~66 steps, a second) a loaded machine's
+# reporter caught up only as the trial ended, and the kill came after it had completed.
+SLOW = {"train_limit": 400, "max_tokens": 256, "max_epochs": 3, "checkpoint_every": 10,
         "eval_every": 10}
 
 
