@@ -61,7 +61,7 @@ def submit(study_file: str, slurm: bool, array: int, gpus_per_task: int | None,
         if gpus_per_task is None or gpus_per_task % gpus_per_trial:
             raise ConfigError(f"--gpus-per-trial {gpus_per_trial}: needs --gpus-per-task, a "
                               f"multiple of it (each task's GPUs, {gpus_per_trial} a trial)")
-        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial, str(gpus_per_task))
+        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial)
     warnings = sl.check_storage(cfg, array)
     if not no_submit:
         sl.require("sbatch")

@@ -81,18 +81,15 @@ def parse_set(items: tuple[str, ...]) -> dict:
     return out
 
 
-def with_devices_per_trial(cfg, study_file: str, n: int, gpus: str | None):
-    """``--gpus-per-trial N``: the study's ``trainer.devices_per_trial``, checked like the
-    file's (a fused study refuses it in one line). ``gpus``: the GPUs it splits (``--gpus``,
-    or what Slurm gives a task)."""
+def with_devices_per_trial(cfg, study_file: str, n: int):
+    """``--gpus-per-trial N`` (of `run`, `worker` and `submit`): the study's
+    ``trainer.devices_per_trial``, checked like the file's (a fused study refuses it in one
+    line)."""
     from pydantic import ValidationError
 
     from hpsearch.config import StudyConfig
     from hpsearch.config.loading import config_error, validation_problems
 
-    if gpus is None:
-        raise ConfigError("--gpus-per-trial needs --gpus (on a CPU, set "
-                          "trainer.devices_per_trial in the study file)")
     data = cfg.model_dump(mode="json", exclude_unset=True)
     data.setdefault("trainer", {})["devices_per_trial"] = n
     try:

@@ -75,7 +75,10 @@ def _run(study_file: str, allow_changes: bool, workers: int | None, gpus: str | 
 
     cfg = with_overrides(load_study(study_file), study_file, n_trials=n_trials, fuse=fuse)
     if gpus_per_trial is not None:
-        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial, gpus)
+        if gpus is None:
+            raise ConfigError("--gpus-per-trial needs --gpus (on a CPU, set "
+                              "trainer.devices_per_trial in the study file)")
+        cfg = with_devices_per_trial(cfg, study_file, gpus_per_trial)
     gpu_list = None
     if gpus is not None:
         gpu_list = [g.strip() for g in gpus.split(",")]
