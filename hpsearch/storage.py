@@ -261,10 +261,11 @@ def study_lock(url: str, study_name: str) -> Iterator[LockHold]:
         # The one advisory lock this connection takes: held if the server still says so.
         mine = ("SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND granted "
                 "AND pid = pg_backend_pid()")
+        asked: dict = {}
     else:
         key = f"hpsearch:{hashlib.sha256(study_name.encode()).hexdigest()[:40]}"
         take, give = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"
-        mine = "SELECT IS_USED_LOCK(:k) = CONNECTION_ID()"
+        mine, asked = "SELECT IS_USED_LOCK(:k) = CONNECTION_ID()", {"k": key}
 
     def acquire():
         conn = _engine(url).connect()
@@ -276,8 +277,7 @@ def study_lock(url: str, study_name: str) -> Iterator[LockHold]:
         return conn
 
     conn = retry_outage(url, acquire)
-    hold = LockHold(lambda: bool(conn.execute(sqlalchemy.text(mine),
-                                              {"k": key} if ":k" in mine else {}).scalar()))
+    hold = LockHold(lambda: bool(conn.execute(sqlalchemy.text(mine), asked).scalar()))
     try:
         yield hold
     finally:
